@@ -1,0 +1,214 @@
+"""One typed configuration: defaults here, overridden by a JSON file, then by command-line flags.
+
+Every setting is a dataclass field with a docstring-like ``help`` in its metadata, so the schema is
+also the documentation (``appliance check-config --describe``). Validation names the bad key and
+value; unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: no backslash, no controls
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+def setting(default: Any, help: str, **kw: Any) -> Any:
+    """A field with its documentation."""
+    if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
+        factory = default.__class__ if dataclasses.is_dataclass(default) else default.copy
+        return field(default_factory=factory, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+Permission = Literal["echo", "store", "find", "move", "get"]
+
+
+@dataclass(frozen=True)
+class Modality:
+    """A remote DICOM node we know, and what it may ask of us."""
+
+    aet: str = setting("", "AE title of the remote node", check="aet")
+    host: str = setting("", "host name or address")
+    port: int = setting(104, "TCP port", min=1, max=65535)
+    allow: list[Permission] = setting(
+        ["echo", "store", "find", "move", "get"], "what this node may ask of us"
+    )
+
+
+@dataclass(frozen=True)
+class DicomSettings:
+    aet: str = setting("APPLIANCE", "our AE title", check="aet")
+    port: int = setting(4242, "DICOM listening port", min=1, max=65535)
+    host: str = setting("0.0.0.0", "address the DICOM listener binds")
+    check_called_aet: bool = setting(
+        False, "reject associations whose called AE title is not ours"
+    )
+    store_from_unknown: bool = setting(
+        True, "accept C-STORE from calling AE titles that are not known modalities"
+    )
+    accept_unknown_sop_classes: bool = setting(
+        False, "also accept storage of SOP classes pynetdicom does not know"
+    )
+    max_associations: int = setting(32, "simultaneous associations", min=1, max=1000)
+    network_timeout: float = setting(60.0, "seconds of network silence before abort", min=1)
+    acse_timeout: float = setting(30.0, "seconds to wait for association messages", min=1)
+    dimse_timeout: float = setting(60.0, "seconds to wait for DIMSE messages", min=1)
+    maximum_pdu: int = setting(0, "maximum PDU size we receive (0: unlimited)", min=0)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    duplicates: Literal["keep", "overwrite"] = setting(
+        "keep", "a second copy of a stored SOP instance: keep the first, or overwrite it"
+    )
+    stable_age: float = setting(
+        60.0, "seconds without a new instance after which a series or study is stable", min=1
+    )
+    commit_batch: int = setting(256, "most instances committed by one index transaction", min=1)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    port: int = setting(8042, "HTTP port of the web page and APIs", min=1, max=65535)
+    host: str = setting(
+        "127.0.0.1", "address the HTTP server binds (loopback until accounts are configured)"
+    )
+    threads: int = setting(4, "HTTP worker threads", min=1, max=64)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
+    patient_data: bool = setting(True, "allow patient names and IDs in log lines")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: str = setting("", "data directory (index and files); default: ./data in the checkout")
+    dicom: DicomSettings = setting(DicomSettings(), "DICOM network")
+    storage: StorageSettings = setting(StorageSettings(), "the store")
+    http: HttpSettings = setting(HttpSettings(), "web server")
+    log: LogSettings = setting(LogSettings(), "logging")
+    modalities: dict[str, Modality] = setting({}, "known remote nodes, by name")
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data) if self.data else default_data_dir()
+
+    def modality_by_aet(self, aet: str) -> Modality | None:
+        return next((m for m in self.modalities.values() if m.aet == aet), None)
+
+
+def default_data_dir() -> Path:
+    """``data/`` beside the package when run from a checkout, else the working directory."""
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout / "data" if (checkout / "pyproject.toml").exists() else Path.cwd() / "data"
+
+
+def _check(path: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
+    """Validate ``value`` against the annotation ``tp`` and return it converted."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected an object, got {value!r}")
+        return build(tp, value, path)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(a) for a in typing.get_args(tp))
+            raise ConfigError(f"{path}: {value!r} is not one of {choices}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected an object, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _check(f"{path}.{k}", v, vt, {}) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (it,) = typing.get_args(tp)
+        return [_check(f"{path}[{i}]", v, it, {}) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        return value
+    return _scalar(path, value, tp, meta)
+
+
+def _scalar(path: str, value: Any, tp: type, meta: typing.Mapping[str, Any]) -> Any:
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: {value!r} is not a {tp.__name__}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{path}: {value!r} is below the minimum {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{path}: {value!r} is above the maximum {meta['max']}")
+    if meta.get("check") == "aet" and not AE_TITLE.match(value.strip() or "!"):
+        raise ConfigError(f"{path}: {value!r} is not a valid AE title (1-16 characters)")
+    return value
+
+
+def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, validating every key."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(f"{path}: unknown setting")
+        kwargs[key] = _check(path, value, hints[key], fields[key].metadata)
+    return cls(**kwargs)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "modalities":
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the JSON file at ``path``, then ``overrides`` (from the command line)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: no such configuration file") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the configuration must be a JSON object")
+    return build(Config, merge(values, overrides or {}))
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per setting: key, default and help, for ``check-config --describe``."""
+    lines = []
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += describe(type(value), key + ".")
+        else:
+            lines.append(f"{key} = {json.dumps(value)}  # {f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,123 @@
+"""The DICOM listener: presentation contexts, association policy, and the server's lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts, build_context
+from pynetdicom.sop_class import Verification
+
+from ..config import Config
+from ..store import Store
+from . import handlers
+from .reactor import EventRequestHandler, EventServer
+
+log = logging.getLogger("appliance.dicom")
+
+# Every transfer syntax pynetdicom knows: the dataset is stored as received, never re-encoded.
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.100",  # MPEG2 Main Profile
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264
+    "1.2.840.10008.1.2.4.110",  # MPEG-4 AVC/H.264 (JPEG-LS)
+]
+
+
+def configure_pynetdicom(config: Config) -> None:
+    """Process-wide pynetdicom settings: spool received datasets to files (flat memory for
+    objects of any size), and accept unknown storage SOP classes if asked."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.UNRESTRICTED_STORAGE_SERVICE = config.dicom.accept_unknown_sop_classes
+    _config.LOG_HANDLER_LEVEL = "none"
+
+
+def build_ae(config: Config) -> AE:
+    settings = config.dicom
+    ae = AE(ae_title=settings.aet)
+    ae.maximum_associations = settings.max_associations
+    ae.network_timeout = settings.network_timeout
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.maximum_pdu_size = settings.maximum_pdu
+    ae.require_called_aet = settings.check_called_aet
+    apply_calling_policy(ae, config)
+    contexts = [build_context(Verification, TRANSFER_SYNTAXES[:3])]
+    contexts += [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES) for cx in
+                 AllStoragePresentationContexts]
+    ae.supported_contexts = contexts
+    return ae
+
+
+def apply_calling_policy(ae: AE, config: Config) -> None:
+    """Storing from any AE is the plug-and-play default; otherwise only known modalities may
+    associate (A-ASSOCIATE-RJ "calling AE title not recognized" for the others)."""
+    if config.dicom.store_from_unknown:
+        ae.require_calling_aet = []
+    else:
+        ae.require_calling_aet = [m.aet for m in config.modalities.values()] or ["\\none\\"]
+
+
+class DicomServer:
+    """Owns the AE and its listening server thread."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        configure_pynetdicom(config)
+        self.config = config
+        self.ae = build_ae(config)
+        handlers_list = [
+            (evt.EVT_C_ECHO, handlers.handle_echo),
+            (evt.EVT_C_STORE, handlers.handle_store, [store]),
+            (evt.EVT_ACCEPTED, handlers.log_accepted),
+            (evt.EVT_REJECTED, handlers.log_rejected),
+            (evt.EVT_ABORTED, handlers.log_aborted),
+            (evt.EVT_CONN_CLOSE, handlers.discard_partial),
+        ]
+        self.server = self.ae.make_server(
+            (config.dicom.host, config.dicom.port),
+            evt_handlers=handlers_list,
+            server_class=EventServer,
+            request_handler=EventRequestHandler,
+        )
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
+            name="dicom-listener", daemon=True,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("DICOM listening on %s:%d as %s", self.config.dicom.host, self.port,
+                 self.config.dicom.aet)
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting, then let in-flight associations finish (``grace`` seconds in all)."""
+        self.server.shutdown()
+        end = time.monotonic() + grace
+        for assoc in list(self.server.active_associations):
+            assoc.join(max(0.0, end - time.monotonic()))
+        for assoc in list(self.server.active_associations):
+            if assoc.is_alive():
+                log.warning("association with %s still open at shutdown: aborting",
+                            assoc.requestor.ae_title)
+                assoc.abort()

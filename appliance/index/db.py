@@ -1,0 +1,157 @@
+"""The SQLite index: connection settings, schema migrations, and the single writer.
+
+Every write goes through one ``Writer`` thread fed by a queue (as Datasette does). It takes all
+the work waiting at once and runs it in one ``BEGIN IMMEDIATE`` transaction (group commit): with
+``synchronous=FULL`` each commit costs one WAL fsync, shared by every instance of the batch, so
+durability does not cost throughput. Each job runs in its own savepoint, so one failing job never
+takes its neighbours down. Readers use their own per-thread WAL connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from peewee import SqliteDatabase
+
+from .models import MODELS, database
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "full",  # a commit survives power loss, not only a crash of the process
+    "foreign_keys": 1,
+    "busy_timeout": 10000,
+    "cache_size": -4096,  # KiB: a small box has little memory
+    "temp_store": "memory",
+    "wal_autocheckpoint": 4000,
+}
+
+SCHEMA_VERSION = 1
+
+
+def open_database(path: Path) -> SqliteDatabase:
+    """Open (and create or migrate) the index at ``path`` and bind the models to it."""
+    db = SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False)
+    database.initialize(db)
+    db.connect(reuse_if_open=True)
+    migrate(db)
+    return db
+
+
+def migrate(db: SqliteDatabase) -> None:
+    """Bring the schema to ``SCHEMA_VERSION`` (``PRAGMA user_version`` records where it is)."""
+    version = db.execute_sql("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"index schema {version} is newer than this software ({SCHEMA_VERSION})"
+        )
+    if version < 1:
+        with db.atomic():
+            db.create_tables(MODELS)
+            db.execute_sql("PRAGMA user_version = 1")
+        log.info("index created (schema %d)", SCHEMA_VERSION)
+
+
+Job = Callable[[], Any]
+Item = tuple[Job, "Future[Any]", Path | None]
+
+
+class Writer:
+    """The one thread that writes the index; ``submit`` returns a future of the job's result.
+
+    A job may name the folder of a file its row will point to: before each batch's transaction
+    the writer calls ``sync_folders`` on all of them at once, so no committed row can point to a
+    file that a power cut would lose, and one fsync serves many files.
+    """
+
+    def __init__(
+        self,
+        db: SqliteDatabase,
+        sync_folders: Callable[[set[Path]], None],
+        max_batch: int = 256,
+    ) -> None:
+        self.db = db
+        self.sync_folders = sync_folders
+        self.max_batch = max_batch
+        self._queue: queue.Queue[Item | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        self.heartbeat = time.monotonic()
+        self.batches = 0
+        self.committed = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Callable[[], T], folder: Path | None = None) -> Future[T]:
+        fut: Future[T] = Future()
+        self._queue.put((job, fut, folder))
+        return fut
+
+    def run(self, job: Callable[[], T], timeout: float | None = None) -> T:
+        """Run ``job`` in the writer and wait for its committed result."""
+        return self.submit(job).result(timeout)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _take_batch(self) -> tuple[list[Item], bool]:
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self) -> None:
+        self.db.connect(reuse_if_open=True)
+        while True:
+            batch, stop = self._take_batch()
+            if batch:
+                self._commit(batch)
+            self.heartbeat = time.monotonic()
+            if stop:
+                break
+        self.db.close()
+
+    def _commit(self, batch: list[Item]) -> None:
+        results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            self.sync_folders({folder for _, _, folder in batch if folder is not None})
+            with self.db.atomic("IMMEDIATE"):
+                for job, fut, _ in batch:
+                    try:
+                        with self.db.atomic():  # a savepoint per job
+                            results.append((fut, job(), None))
+                    except Exception as exc:  # the job's own failure, reported to its caller
+                        results.append((fut, None, exc))
+        except Exception as exc:  # the commit itself failed: nothing of the batch is durable
+            log.exception("index commit failed for a batch of %d", len(batch))
+            for _, fut, _ in batch:
+                fut.set_exception(exc)
+            return
+        self.batches += 1
+        self.committed += len(batch)
+        for fut, value, error in results:
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(value)

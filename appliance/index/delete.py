@@ -1,0 +1,66 @@
+"""Remove instances from the index, and the parents they leave empty (inside the writer)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from peewee import fn
+
+from .models import Change, Instance, Patient, Series, Study
+
+
+def delete_instances(keys: Iterable[int], reason: str) -> list[str]:
+    """Delete the instance rows ``keys`` and any series, study or patient left empty.
+
+    Returns the storage names of the deleted instances' files: the caller removes them after
+    the commit (rows first, then files: a crash in between leaves only orphan files, which
+    reconciliation removes).
+    """
+    now = time.time()
+    keys = list(keys)
+    rows = list(
+        Instance.select(Instance.id, Instance.public_id, Instance.file, Instance.series)
+        .where(Instance.id.in_(keys))
+        .tuples()
+    )
+    if not rows:
+        return []
+    Instance.delete().where(Instance.id.in_([r[0] for r in rows])).execute()
+    for _, public_id, _, _ in rows:
+        _log("Deleted", "Instance", public_id, now, reason)
+    series_keys = {r[3] for r in rows}
+    _prune(Series, Instance.series, series_keys, "Series", now, reason)
+    return [r[2] for r in rows]
+
+
+def _prune(model: type, child_fk: object, keys: set[int], resource: str, now: float,
+           reason: str) -> None:
+    """Delete the rows of ``model`` among ``keys`` that have no child left, then their parents."""
+    child_model = child_fk.model  # type: ignore[attr-defined]
+    alive = {
+        k for (k,) in child_model.select(fn.DISTINCT(child_fk)).where(child_fk.in_(keys)).tuples()
+    }
+    empty = keys - alive
+    if not empty:
+        return
+    parent_field = {Series: Series.study, Study: Study.patient}.get(model)
+    parents = (
+        {p for (p,) in model.select(parent_field).where(model.id.in_(empty)).tuples()}
+        if parent_field is not None
+        else set()
+    )
+    for (public_id,) in model.select(model.public_id).where(model.id.in_(empty)).tuples():
+        _log("Deleted", resource, public_id, now, reason)
+    model.delete().where(model.id.in_(empty)).execute()
+    if model is Series:
+        _prune(Study, Series.study, parents, "Study", now, reason)
+    elif model is Study:
+        _prune(Patient, Study.patient, parents, "Patient", now, reason)
+
+
+def _log(change_type: str, resource: str, public_id: str, now: float, reason: str) -> None:
+    Change.insert(
+        change_type=change_type, resource_type=resource, public_id=public_id, date=now,
+        reason=reason,
+    ).execute()

@@ -1,0 +1,106 @@
+"""The index schema: patients, studies, series, instances, and the change log.
+
+Each resource has an integer key (for cheap joins) and its Orthanc public ID (unique index).
+The main DICOM tags of a level are kept as JSON (what the REST API shows); the tags used for
+lookups and matching also have indexed columns of their own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    DatabaseProxy,
+    FloatField,
+    ForeignKeyField,
+    Model,
+    TextField,
+)
+
+database = DatabaseProxy()
+
+
+class JSONField(TextField):
+    def db_value(self, value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+    def python_value(self, value: str | None) -> Any:
+        return json.loads(value) if value is not None else None
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Patient(BaseModel):
+    id = AutoField()
+    public_id = CharField(unique=True)
+    patient_id = CharField(index=True)
+    patient_name = CharField(default="", index=True)
+    tags = JSONField()
+    protected = BooleanField(default=False)
+    created = FloatField()
+    last_update = FloatField(index=True)
+
+
+class Study(BaseModel):
+    id = AutoField()
+    public_id = CharField(unique=True)
+    patient = ForeignKeyField(Patient, backref="studies", on_delete="CASCADE")
+    study_uid = CharField(index=True)
+    study_date = CharField(default="", index=True)
+    accession_number = CharField(default="", index=True)
+    tags = JSONField()
+    protected = BooleanField(default=False)
+    created = FloatField()
+    last_update = FloatField(index=True)
+
+
+class Series(BaseModel):
+    id = AutoField()
+    public_id = CharField(unique=True)
+    study = ForeignKeyField(Study, backref="series", on_delete="CASCADE")
+    series_uid = CharField(index=True)
+    modality = CharField(default="", index=True)
+    tags = JSONField()
+    created = FloatField()
+    last_update = FloatField()
+
+
+class Instance(BaseModel):
+    id = AutoField()
+    public_id = CharField(unique=True)
+    series = ForeignKeyField(Series, backref="instances", on_delete="CASCADE")
+    sop_uid = CharField(index=True)
+    sop_class_uid = CharField()
+    transfer_syntax = CharField()
+    tags = JSONField()
+    file = CharField(unique=True)
+    size = BigIntegerField()
+    md5 = CharField()
+    received = FloatField()
+    calling_aet = CharField(default="")
+    called_aet = CharField(default="")
+    remote_address = CharField(default="")
+    origin = CharField(default="DicomProtocol")
+
+
+class Change(BaseModel):
+    """Orthanc's change log (``/changes``): what happened to which resource, in order."""
+
+    seq = AutoField()
+    change_type = CharField()
+    resource_type = CharField()
+    public_id = CharField()
+    date = FloatField()
+    reason = CharField(default="")
+
+
+MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change]

@@ -1,0 +1,131 @@
+"""Read the index as Orthanc's resource model: the JSON shapes of ``/patients`` and friends."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from peewee import JOIN, fn
+
+from .models import BaseModel, Instance, Patient, Series, Study
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str  # Orthanc's "Type"
+    model: type[BaseModel]
+    parent_field: Any  # foreign key to the parent level, or None
+    children_key: str | None  # the key of the children list in the JSON
+    parent_key: str | None
+
+
+LEVELS = {
+    "patients": Level("Patient", Patient, None, "Studies", None),
+    "studies": Level("Study", Study, Study.patient, "Series", "ParentPatient"),
+    "series": Level("Series", Series, Series.study, "Instances", "ParentStudy"),
+    "instances": Level("Instance", Instance, Instance.series, None, "ParentSeries"),
+}
+CHILD = {"patients": "studies", "studies": "series", "series": "instances"}
+
+
+def orthanc_time(ts: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.localtime(ts))
+
+
+def list_ids(level: str, since: int = 0, limit: int | None = None) -> list[str]:
+    model = LEVELS[level].model
+    query = model.select(model.public_id).order_by(model.id).offset(since)
+    if limit is not None:
+        query = query.limit(limit)
+    return [pid for (pid,) in query.tuples()]
+
+
+def find(level: str, public_id: str) -> BaseModel | None:
+    model = LEVELS[level].model
+    return model.get_or_none(model.public_id == public_id)
+
+
+def _children(level: str, row: BaseModel) -> list[str]:
+    child = LEVELS[CHILD[level]]
+    model = child.model
+    query = model.select(model.public_id).where(child.parent_field == row.id).order_by(model.id)
+    return [pid for (pid,) in query.tuples()]
+
+
+def _parent_id(level: str, row: BaseModel) -> str | None:
+    spec = LEVELS[level]
+    if spec.parent_field is None:
+        return None
+    parent_model = spec.parent_field.rel_model
+    fk = getattr(row, spec.parent_field.name + "_id")
+    return str(parent_model.select(parent_model.public_id).where(parent_model.id == fk).scalar())
+
+
+def to_json(level: str, row: BaseModel, stable_age: float) -> dict[str, Any]:
+    """One resource as Orthanc shows it."""
+    spec = LEVELS[level]
+    out: dict[str, Any] = {
+        "ID": row.public_id,
+        "Type": spec.name,
+        "MainDicomTags": row.tags,
+        "Labels": [],
+    }
+    if spec.parent_key:
+        out[spec.parent_key] = _parent_id(level, row)
+    if spec.children_key:
+        out[spec.children_key] = _children(level, row)
+    if level != "instances":
+        out["LastUpdate"] = orthanc_time(row.last_update)
+        out["IsStable"] = time.time() - row.last_update >= stable_age
+    if level in ("patients", "studies"):
+        out["IsProtected"] = bool(row.protected)
+    if level == "studies":
+        out["PatientMainDicomTags"] = row.patient.tags
+    if level == "series":
+        out["ExpectedNumberOfInstances"] = None
+        out["Status"] = "Unknown"
+    if level == "instances":
+        out.update(
+            FileSize=row.size,
+            FileUuid=row.file,
+            IndexInSeries=_index_in_series(row),
+            ReceptionDate=orthanc_time(row.received),
+            RemoteAET=row.calling_aet,
+            TransferSyntax=row.transfer_syntax,
+            SOPClassUID=row.sop_class_uid,
+        )
+    return out
+
+
+def _index_in_series(row: Instance) -> int | None:
+    number = row.tags.get("InstanceNumber", "")
+    try:
+        return int(number)
+    except ValueError:
+        return None
+
+
+def statistics() -> dict[str, Any]:
+    size = Instance.select(fn.COALESCE(fn.SUM(Instance.size), 0)).scalar()
+    return {
+        "CountPatients": Patient.select().count(),
+        "CountStudies": Study.select().count(),
+        "CountSeries": Series.select().count(),
+        "CountInstances": Instance.select().count(),
+        "TotalDiskSize": str(size),
+        "TotalDiskSizeMB": size // (1024 * 1024),
+        "TotalUncompressedSize": str(size),
+        "TotalUncompressedSizeMB": size // (1024 * 1024),
+    }
+
+
+def resource_statistics(level: str, row: BaseModel) -> dict[str, Any]:
+    """Counts and sizes below one resource (``/{level}/{id}/statistics``)."""
+    query = Instance.select(fn.COUNT(Instance.id), fn.COALESCE(fn.SUM(Instance.size), 0))
+    query = query.join(Series, JOIN.INNER, on=Instance.series == Series.id)
+    query = query.join(Study, JOIN.INNER, on=Series.study == Study.id)
+    key = {"patients": Study.patient, "studies": Study.id, "series": Series.id,
+           "instances": Instance.id}[level]
+    count, size = query.where(key == row.id).tuples().first()
+    return {"CountInstances": count, "DiskSize": str(size), "DiskSizeMB": size // (1024 * 1024)}

@@ -1,0 +1,196 @@
+"""Read the few tags the index needs from a stored file, and nothing else.
+
+Parsing stops before the pixel data and skips every element that is not asked for (pydicom's
+``specific_tags``), so a 1 GB multi-frame object costs as much to index as a 10 KB one.
+The main tags of each level follow Orthanc's defaults, so the REST API can show the same JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs")
+STUDY_TAGS = (
+    "StudyDate", "StudyTime", "StudyID", "StudyDescription", "AccessionNumber",
+    "StudyInstanceUID", "RequestedProcedureDescription", "InstitutionName",
+    "RequestingPhysician", "ReferringPhysicianName", "TimezoneOffsetFromUTC",
+)  # fmt: skip
+SERIES_TAGS = (
+    "SeriesDate", "SeriesTime", "Modality", "Manufacturer", "StationName", "SeriesDescription",
+    "BodyPartExamined", "SequenceName", "ProtocolName", "SeriesNumber", "CardiacNumberOfImages",
+    "ImagesInAcquisition", "NumberOfTemporalPositions", "NumberOfSlices", "NumberOfTimeSlices",
+    "SeriesInstanceUID", "ImageOrientationPatient", "SeriesType", "OperatorsName",
+    "PerformedProcedureStepDescription", "AcquisitionDeviceProcessingDescription",
+    "ContrastBolusAgent",
+)  # fmt: skip
+INSTANCE_TAGS = (
+    "InstanceCreationDate", "InstanceCreationTime", "AcquisitionNumber", "ImageIndex",
+    "InstanceNumber", "NumberOfFrames", "TemporalPositionIdentifier", "SOPInstanceUID",
+    "ImagePositionPatient", "ImageComments", "ImageOrientationPatient",
+)  # fmt: skip
+OTHER_TAGS = ("SOPClassUID", "SpecificCharacterSet")
+
+UNDEFINED = 0xFFFFFFFF
+LONG_VRS = {vr.encode() for vr in "OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()}
+
+WANTED: list[BaseTag] = [
+    Tag(tag_for_keyword(k))
+    for k in dict.fromkeys(PATIENT_TAGS + STUDY_TAGS + SERIES_TAGS + INSTANCE_TAGS + OTHER_TAGS)
+]
+
+
+class BadInstance(ValueError):
+    """The file is not a DICOM instance we can index; ``status`` is the C-STORE status to send."""
+
+    def __init__(self, message: str, status: int = 0xC000) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InstanceTags:
+    """What the index records of one instance."""
+
+    patient: dict[str, str]
+    study: dict[str, str]
+    series: dict[str, str]
+    instance: dict[str, str]
+    sop_class_uid: str
+    transfer_syntax: str
+
+    @property
+    def patient_id(self) -> str:
+        return self.patient.get("PatientID", "")
+
+    @property
+    def study_uid(self) -> str:
+        return self.study["StudyInstanceUID"]
+
+    @property
+    def series_uid(self) -> str:
+        return self.series["SeriesInstanceUID"]
+
+    @property
+    def sop_uid(self) -> str:
+        return self.instance["SOPInstanceUID"]
+
+
+def as_text(elem: DataElement) -> str:
+    """An element's value as Orthanc shows it: multiple values joined by backslashes."""
+    value: Any = elem.value
+    if value is None:
+        return ""
+    if isinstance(value, (list, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").rstrip("\x00 ")
+    return str(value)
+
+
+def _level(ds: Dataset, keywords: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for keyword in keywords:
+        if keyword in ds:
+            elem = ds[keyword]
+            if elem.VR != "SQ":
+                out[keyword] = as_text(elem)
+    return out
+
+
+def check_tail(f: BinaryIO, size: int, ds: Dataset) -> None:
+    """Check that the elements after the parsed header (the pixel data and any trailer) fit in
+    the file, without reading them: a truncated object must not be acknowledged.
+    """
+    meta = ds.file_meta
+    ts = UID(str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
+    if ts == DeflatedExplicitVRLittleEndian:
+        return  # inflated while parsing: truncation already raised by zlib
+    endian = "<" if ts.is_little_endian else ">"
+    pos = f.tell()
+    if pos > size:
+        raise BadInstance("truncated dataset: the last element is cut")
+    while pos < size:
+        head = _read_exact(f, 8)
+        group, elem = struct.unpack(endian + "HH", head[:4])
+        if ts.is_implicit_VR:
+            (length,) = struct.unpack(endian + "I", head[4:])
+            value_at = pos + 8
+        elif head[4:6] in LONG_VRS:
+            (length,) = struct.unpack(endian + "I", _read_exact(f, 4))
+            value_at = pos + 12
+        else:
+            (length,) = struct.unpack(endian + "H", head[6:])
+            value_at = pos + 8
+        if length == UNDEFINED:
+            value_at = _skip_items(f, value_at, size, endian)
+            length = 0
+        if value_at + length > size:
+            raise BadInstance(f"truncated dataset: element ({group:04X},{elem:04X}) is cut")
+        pos = value_at + length
+        f.seek(pos)
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise BadInstance("truncated dataset: cut inside an element header")
+    return data
+
+
+def _skip_items(f: BinaryIO, pos: int, size: int, endian: str) -> int:
+    """Walk the items of an undefined-length value (encapsulated pixel data); return the end."""
+    f.seek(pos)
+    while True:
+        group, elem, length = struct.unpack(endian + "HHI", _read_exact(f, 8))
+        pos += 8
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            return pos
+        if (group, elem) != (0xFFFE, 0xE000) or length == UNDEFINED or pos + length > size:
+            raise BadInstance("truncated or malformed encapsulated value")
+        pos += length
+        f.seek(pos)
+
+
+def read_instance_tags(path: Path) -> InstanceTags:
+    """Parse the index tags of a Part 10 file; raise ``BadInstance`` with a reason otherwise."""
+    try:
+        with open(path, "rb") as f:
+            ds = dcmread(f, stop_before_pixels=True, specific_tags=WANTED)
+            check_tail(f, os.fstat(f.fileno()).st_size, ds)
+        tags = InstanceTags(
+            patient=_level(ds, PATIENT_TAGS),
+            study=_level(ds, STUDY_TAGS),
+            series=_level(ds, SERIES_TAGS),
+            instance=_level(ds, INSTANCE_TAGS),
+            sop_class_uid=as_text(ds["SOPClassUID"]) if "SOPClassUID" in ds else "",
+            transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        )
+    except BadInstance:
+        raise
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInstance(f"unreadable dataset: {exc}") from exc
+    except Exception as exc:  # pydicom raises many kinds on garbage; none may escape as a crash
+        raise BadInstance(f"unreadable dataset: {type(exc).__name__}: {exc}") from exc
+    for level, key in (
+        (tags.study, "StudyInstanceUID"),
+        (tags.series, "SeriesInstanceUID"),
+        (tags.instance, "SOPInstanceUID"),
+    ):
+        if not level.get(key):
+            raise BadInstance(f"missing {key}", 0xA900)
+    if not tags.sop_class_uid:
+        raise BadInstance("missing SOPClassUID", 0xA900)
+    return tags

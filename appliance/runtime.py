@@ -1,0 +1,95 @@
+"""Builds everything once, and owns the start/stop order and the signals."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from systemd import daemon
+
+from .config import Config
+from .dicom.scp import DicomServer
+from .storage.fsck import reconcile
+from .store import Store
+from .web.app import HttpServer
+
+log = logging.getLogger("appliance")
+
+SHUTDOWN_GRACE = 30.0  # seconds in-flight associations get to finish
+
+
+class DataLocked(RuntimeError):
+    """Another process (a running appliance, an fsck) holds the data directory."""
+
+
+class DataLock:
+    """An exclusive lock on the data directory: one writer process at a time."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(data_dir / "appliance.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._fd)
+            raise DataLocked(f"{data_dir} is in use by another appliance process") from exc
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+class Appliance:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.lock = DataLock(config.data_dir)
+        self.store = Store(config)
+        self.dicom: DicomServer | None = None
+        self.http: HttpServer | None = None
+
+    def start(self) -> None:
+        """Reconcile first, then open the ports, then tell systemd we are ready."""
+        self.store.start()
+        reconcile(self.store, repair=True)
+        self.dicom = DicomServer(self.config, self.store)
+        self.http = HttpServer(self.config, self.store)
+        self.dicom.start()
+        threading.Thread(target=self.http.serve, name="http", daemon=True).start()
+        daemon.notify("READY=1")
+        log.info("ready: DICOM %s on port %d, HTTP on port %d, data in %s",
+                 self.config.dicom.aet, self.dicom.port, self.http.port, self.config.data_dir)
+
+    def stop(self) -> None:
+        daemon.notify("STOPPING=1")
+        log.info("stopping: no new associations, finishing those in flight")
+        if self.dicom is not None:
+            self.dicom.stop(SHUTDOWN_GRACE)
+        if self.http is not None:
+            self.http.stop()
+        self.store.stop()
+        self.lock.release()
+        log.info("stopped")
+
+
+def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; exit 0 after an orderly stop."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    appliance = Appliance(config)
+    try:
+        appliance.start()
+    except BaseException:
+        appliance.stop()
+        raise
+    stop.wait()
+    appliance.stop()
+    return 0

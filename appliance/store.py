@@ -1,0 +1,145 @@
+"""The store: the one facade that receives, records and removes instances (Orthanc's
+``ServerContext``). DICOM handlers and web views call it; it alone joins the storage area and
+the index.
+
+The durability contract of ``receive``: the file is fsynced, renamed into place, its folder
+fsynced (by the writer, once per batch) and its row committed before it returns. Only then may
+a caller report success.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from peewee import SqliteDatabase
+
+from .config import Config
+from .index.db import Writer, open_database
+from .index.delete import delete_instances
+from .index.ingest import FileInfo, Origin, Recorded, record_instance
+from .index.models import Instance
+from .index.tags import BadInstance, InstanceTags, read_instance_tags
+from .storage.area import StorageArea, md5_file, sync_dirs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the C-STORE command announced, checked against the dataset."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+class Store:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        root = config.data_dir
+        root.mkdir(parents=True, exist_ok=True)
+        self.area = StorageArea(root)
+        self.db: SqliteDatabase = open_database(root / "index.sqlite")
+        self.writer = Writer(self.db, sync_dirs, config.storage.commit_batch)
+        self.log_patients = config.log.patient_data
+
+    def start(self) -> None:
+        self.writer.start()
+
+    def stop(self) -> None:
+        self.writer.stop()
+        self.db.close()
+
+    def temp_file(self, suffix: str = ".dcm") -> BinaryIO:
+        """A new file in the area's temporary folder (same filesystem: renames are atomic)."""
+        return tempfile.NamedTemporaryFile(dir=self.area.tmp, suffix=suffix, delete=False)
+
+    def receive(self, tmp_path: Path, origin: Origin, expected: Expected | None = None) -> Recorded:
+        """Make the received file ``tmp_path`` a durable, indexed instance (or raise
+        ``BadInstance``). The file is consumed either way."""
+        try:
+            tags = read_instance_tags(tmp_path)
+            if expected is not None:
+                check_expected(tags, expected)
+            info = FileInfo("", tmp_path.stat().st_size, md5_file(tmp_path))
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        name, folder = self.area.adopt(tmp_path)
+        overwrite = self.config.storage.duplicates == "overwrite"
+        try:
+            return self._record(
+                tags, FileInfo(name, info.size, info.md5), origin, overwrite, folder
+            )
+        except BaseException:
+            self.area.remove(name)  # never acknowledged: the file must not stay
+            raise
+
+    def adopt(self, name: str) -> Recorded:
+        """Index a blob already in the area that has no row (reconciliation, re-indexing)."""
+        path = self.area.path(name)
+        tags = read_instance_tags(path)
+        info = FileInfo(name, path.stat().st_size, md5_file(path))
+        return self._record(tags, info, Origin(kind="Reindex"), False, None)
+
+    def _record(self, tags: InstanceTags, info: FileInfo, origin: Origin, overwrite: bool,
+                folder: Path | None) -> Recorded:
+        recorded = self.writer.submit(
+            lambda: record_instance(tags, info, origin, overwrite), folder
+        ).result()
+        for obsolete in (recorded.unused_file, recorded.replaced_file):
+            if obsolete:
+                self.area.remove(obsolete)
+        self._log_recorded(recorded, tags, origin)
+        return recorded
+
+    def receive_stream(self, stream: BinaryIO, origin: Origin) -> Recorded:
+        """Receive a Part 10 file from a stream (uploads, re-indexing)."""
+        with self.temp_file() as f:
+            shutil.copyfileobj(stream, f, 1 << 20)
+            path = Path(f.name)
+        return self.receive(path, origin)
+
+    def delete(self, instance_keys: list[int], reason: str) -> int:
+        files = self.writer.run(lambda: delete_instances(instance_keys, reason))
+        for name in files:
+            self.area.remove(name)
+        return len(files)
+
+    def open_instance(self, public_id: str) -> BinaryIO | None:
+        """The stored bytes of an instance, or None if there is no such instance."""
+        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
+        return open(self.area.path(row.file), "rb") if row else None
+
+    def _log_recorded(self, recorded: Recorded, tags: InstanceTags, origin: Origin) -> None:
+        who = f"{origin.calling_aet or origin.kind}@{origin.remote_address}"
+        patient = f" patient {tags.patient_id!r}" if self.log_patients else ""
+        if recorded.outcome == "kept-first":
+            log.warning(
+                "duplicate SOP instance %s from %s: the stored copy is kept, the new one dropped",
+                tags.sop_uid, who,
+            )
+        elif recorded.outcome == "overwritten":
+            log.warning("duplicate SOP instance %s from %s: overwritten", tags.sop_uid, who)
+        else:
+            log.debug("stored %s from %s%s", tags.sop_uid, who, patient)
+
+
+def check_expected(tags: InstanceTags, expected: Expected) -> None:
+    """PS3.4 B.2.3: the dataset must be the instance the command announces."""
+    if tags.sop_uid != expected.sop_instance_uid:
+        raise BadInstance(
+            f"SOPInstanceUID {tags.sop_uid} differs from the command's "
+            f"{expected.sop_instance_uid}",
+            0xA900,
+        )
+    if tags.sop_class_uid != expected.sop_class_uid:
+        raise BadInstance(
+            f"SOPClassUID {tags.sop_class_uid} differs from the command's "
+            f"{expected.sop_class_uid}",
+            0xA900,
+        )

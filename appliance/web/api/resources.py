@@ -1,0 +1,82 @@
+"""``/patients``, ``/studies``, ``/series``, ``/instances``: Orthanc's resource model, read-only."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import bottle
+
+from ...config import Config
+from ...index import resources as index
+from ...store import Store
+
+LEVEL_PATTERN = "<level:re:patients|studies|series|instances>"
+CHUNK = 1 << 16
+
+
+def _int_param(name: str, default: int | None) -> int | None:
+    raw = bottle.request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        bottle.abort(400, f"'{name}' must be an integer, got {raw!r}")
+    if value < 0:
+        bottle.abort(400, f"'{name}' must not be negative")
+    return value
+
+
+def _found(level: str, public_id: str) -> Any:
+    row = index.find(level, public_id)
+    if row is None:
+        bottle.abort(404, f"unknown resource: {level}/{public_id}")
+    return row
+
+
+def install(app: bottle.Bottle, config: Config, store: Store) -> None:
+    stable_age = config.storage.stable_age
+
+    @app.get(f"/{LEVEL_PATTERN}")
+    def list_level(level: str) -> Any:
+        since = _int_param("since", 0) or 0
+        limit = _int_param("limit", None)
+        ids = index.list_ids(level, since, limit)
+        if "expand" in bottle.request.query:
+            return _json([index.to_json(level, _found(level, i), stable_age) for i in ids])
+        return _json(ids)
+
+    @app.get(f"/{LEVEL_PATTERN}/<public_id>")
+    def one(level: str, public_id: str) -> Any:
+        return _json(index.to_json(level, _found(level, public_id), stable_age))
+
+    @app.get(f"/{LEVEL_PATTERN}/<public_id>/statistics")
+    def resource_statistics(level: str, public_id: str) -> Any:
+        return _json(index.resource_statistics(level, _found(level, public_id)))
+
+    @app.get("/instances/<public_id>/file")
+    def instance_file(public_id: str) -> Iterator[bytes]:
+        f = store.open_instance(public_id)
+        if f is None:
+            bottle.abort(404, f"unknown resource: instances/{public_id}")
+        bottle.response.content_type = "application/dicom"
+        bottle.response.set_header("Content-Length", str(_size(f)))
+        return _stream(f)
+
+
+def _size(f: Any) -> int:
+    return os.fstat(f.fileno()).st_size
+
+
+def _stream(f: Any) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def _json(value: Any) -> str:
+    bottle.response.content_type = "application/json"
+    return json.dumps(value, indent=2)

@@ -1,0 +1,59 @@
+"""The HTTP side: one Bottle application, served by waitress's threads inside our process."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import bottle
+from waitress.server import create_server
+
+from ..config import Config
+from ..store import Store
+from .api import resources, system
+
+log = logging.getLogger("appliance.web")
+
+
+def json_error(error: bottle.HTTPError) -> str:
+    """Errors are JSON with a message, as Orthanc answers them."""
+    bottle.response.content_type = "application/json"
+    return json.dumps(
+        {"HttpStatus": error.status_code, "Message": str(error.body or error.status_line)}
+    )
+
+
+def create_app(config: Config, store: Store) -> bottle.Bottle:
+    app = bottle.Bottle()
+    app.config["appliance.config"] = config
+    app.config["appliance.store"] = store
+    resources.install(app, config, store)
+    system.install(app, config, store)
+    for code in (400, 403, 404, 405, 413, 500, 503, 507):
+        app.error(code)(json_error)
+    return app
+
+
+class HttpServer:
+    def __init__(self, config: Config, store: Store) -> None:
+        self.app = create_app(config, store)
+        self.server: Any = create_server(
+            self.app,
+            host=config.http.host,
+            port=config.http.port,
+            threads=config.http.threads,
+            ident="appliance",
+            clear_untrusted_proxy_headers=True,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.server.effective_port)
+
+    def serve(self) -> None:
+        log.info("HTTP listening on %s:%d", self.server.effective_host, self.port)
+        self.server.run()
+
+    def stop(self) -> None:
+        self.server.close()

@@ -1,0 +1,56 @@
+# Sourced by tools/serve and tools/test: installs what the appliance needs, idempotently.
+# Usage: bootstrap <extra> where extra is "" (run) or "test" (test suite and its peers).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+RUN_PACKAGES=(python3 python3-venv python3-dev build-essential pkg-config libsystemd-dev dcmtk)
+TEST_PACKAGES=(orthanc curl procps)
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "bootstrap: installing ${missing[*]}" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    # Debian starts the orthanc service on install; tests run their own instances.
+    if printf '%s\n' "${missing[@]}" | grep -qx orthanc; then
+        as_root systemctl disable --now orthanc >/dev/null 2>&1 || as_root service orthanc stop >/dev/null 2>&1 || true
+    fi
+}
+
+python_env() {
+    local extra="$1"
+    local stamp="$VENV/.installed-$extra"
+    local want
+    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+    fi
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+        if [ -n "$extra" ]; then
+            "$VENV/bin/python" -m pip install -q -e "$ROOT[$extra]" >&2
+        else
+            "$VENV/bin/python" -m pip install -q -e "$ROOT" >&2
+        fi
+        echo "$want" > "$stamp"
+    fi
+}
+
+bootstrap() {
+    local extra="${1:-}"
+    apt_install "${RUN_PACKAGES[@]}"
+    if [ "$extra" = "test" ]; then
+        apt_install "${TEST_PACKAGES[@]}"
+    fi
+    python_env "$extra"
+}
