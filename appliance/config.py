@@ -65,6 +65,19 @@ class DicomSettings:
     acse_timeout: float = setting(30.0, "seconds to wait for association messages", min=1)
     dimse_timeout: float = setting(60.0, "seconds to wait for DIMSE messages", min=1)
     maximum_pdu: int = setting(0, "maximum PDU size we receive (0: unlimited)", min=0)
+    query_from_unknown: bool = setting(
+        False, "answer C-FIND/C-MOVE/C-GET from calling AE titles that are not known modalities"
+    )
+    case_sensitive_pn: bool = setting(
+        False, "C-FIND matches person names case-sensitively (Orthanc's CaseSensitivePN)"
+    )
+    unindexed_keys: Literal["read-file", "refuse"] = setting(
+        "read-file", "C-FIND keys the index does not keep: read them from a stored file, "
+        "or refuse the query"
+    )
+    max_find_answers: int = setting(
+        0, "most C-FIND answers (0: unlimited); beyond, the C-FIND ends with 0xA700", min=0
+    )
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 ``ServerContext``). DICOM handlers and web views call it; it alone joins the storage area and
 the index.
 
-The durability contract of ``receive``: the file is fsynced, renamed into place, its folder
-fsynced (by the writer, once per batch) and its row committed before it returns. Only then may
-a caller report success.
+The durability contract of ``receive``: the file is renamed into place, flushed to the device
+with its folder (by the writer, once per batch) and its row committed before it returns. Only
+then may a caller report success.
 """
 
 from __future__ import annotations
@@ -12,19 +12,23 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from peewee import SqliteDatabase
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
 
 from .config import Config
 from .index.db import Writer, open_database
 from .index.delete import delete_instances
-from .index.ingest import FileInfo, Origin, Recorded, record_instance
+from .index.ingest import FileInfo, Origin, Recorded, forget_parents, record_instance
 from .index.models import Instance
 from .index.tags import BadInstance, InstanceTags, read_instance_tags
-from .storage.area import StorageArea, md5_file, sync_dirs
+from .storage.area import StorageArea, md5_file
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,9 @@ class Store:
         root.mkdir(parents=True, exist_ok=True)
         self.area = StorageArea(root)
         self.db: SqliteDatabase = open_database(root / "index.sqlite")
-        self.writer = Writer(self.db, sync_dirs, config.storage.commit_batch)
+        self.writer = Writer(
+            self.db, self.area.flush, config.storage.commit_batch, on_rollback=forget_parents
+        )
         self.log_patients = config.log.patient_data
 
     def start(self) -> None:
@@ -69,11 +75,11 @@ class Store:
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
-        name, folder = self.area.adopt(tmp_path)
+        name = self.area.adopt(tmp_path)
         overwrite = self.config.storage.duplicates == "overwrite"
         try:
             return self._record(
-                tags, FileInfo(name, info.size, info.md5), origin, overwrite, folder
+                tags, FileInfo(name, info.size, info.md5), origin, overwrite, True
             )
         except BaseException:
             self.area.remove(name)  # never acknowledged: the file must not stay
@@ -84,12 +90,12 @@ class Store:
         path = self.area.path(name)
         tags = read_instance_tags(path)
         info = FileInfo(name, path.stat().st_size, md5_file(path))
-        return self._record(tags, info, Origin(kind="Reindex"), False, None)
+        return self._record(tags, info, Origin(kind="Reindex"), False, False)
 
     def _record(self, tags: InstanceTags, info: FileInfo, origin: Origin, overwrite: bool,
-                folder: Path | None) -> Recorded:
+                new_file: bool) -> Recorded:
         recorded = self.writer.submit(
-            lambda: record_instance(tags, info, origin, overwrite), folder
+            lambda: record_instance(tags, info, origin, overwrite), new_file
         ).result()
         for obsolete in (recorded.unused_file, recorded.replaced_file):
             if obsolete:
@@ -114,6 +120,11 @@ class Store:
         """The stored bytes of an instance, or None if there is no such instance."""
         row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
         return open(self.area.path(row.file), "rb") if row else None
+
+    def read_header(self, name: str, tags: Sequence[BaseTag]) -> Dataset:
+        """Some elements of a stored file (with its character set), never its pixel data."""
+        wanted = [*tags, Tag(0x00080005)]
+        return dcmread(self.area.path(name), stop_before_pixels=True, specific_tags=wanted)
 
     def _log_recorded(self, recorded: Recorded, tags: InstanceTags, origin: Origin) -> None:
         who = f"{origin.calling_aet or origin.kind}@{origin.remote_address}"

@@ -62,11 +62,15 @@ class EventDUL(DULServiceProvider):
         self.to_provider_queue = NotifyingQueue(self.wake)
         self.to_user_queue = NotifyingQueue(assoc_activity.set)
         self._assoc_activity = assoc_activity
+        self._sleeping = False
 
     def wake(self) -> None:
+        """Interrupt ``_wait``; a no-op (no syscall) while the reactor is running anyway."""
+        if not self._sleeping:
+            return
         try:
             os.eventfd_write(self._efd, 1)
-        except OSError:  # closed: the reactor has stopped
+        except (OSError, ValueError):  # closed (-1): the reactor has stopped
             pass
 
     def kill_dul(self) -> None:
@@ -74,15 +78,26 @@ class EventDUL(DULServiceProvider):
         self.wake()
 
     def _wait(self) -> None:
-        """Block until the socket is readable, something was queued, or ``WAIT`` passes."""
+        """Block until the socket is readable, something was queued, or ``WAIT`` passes.
+
+        ``_sleeping`` is raised before the queues are looked at: a ``put`` that the look misses
+        sees the flag and writes the eventfd, so no wake-up is ever lost.
+        """
         sock = self.socket.socket if self.socket is not None else None
         fds: list[Any] = [self._efd]
         if sock is not None and self.socket._is_connected:  # type: ignore[union-attr]
             fds.append(sock)
+        self._sleeping = True
         try:
-            ready, _, _ = select.select(fds, [], [], WAIT)
+            if not (self.event_queue.qsize() or self.to_provider_queue.qsize()
+                    or self._kill_thread):
+                ready, _, _ = select.select(fds, [], [], WAIT)
+            else:
+                ready = []
         except (OSError, ValueError):  # the socket closed under us: let the loop notice
             return
+        finally:
+            self._sleeping = False
         if self._efd in ready:
             try:
                 os.eventfd_read(self._efd)
@@ -107,7 +122,8 @@ class EventDUL(DULServiceProvider):
                 try:
                     if self._process_recv_primitive():
                         pass
-                    elif self._is_transport_event():
+                    elif not self.event_queue.qsize() and self._is_transport_event():
+                        # (pending events first: the socket is polled only when they are done)
                         self._idle_timer.restart()
                 except Exception:
                     self._abort_hard()
@@ -234,7 +250,8 @@ class EventRequestHandler(RequestHandler):
         server = self.server
         assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = server
-        assoc.name = f"Acceptor@{self.client_address[0]}:{self.client_address[1]}"
+        # pynetdicom's ``active_associations`` finds acceptors by this name prefix
+        assoc.name = f"AcceptorThread@{self.client_address[0]}:{self.client_address[1]}"
         assoc.set_socket(QuickAckSocket(assoc, client_socket=self.request))
         acceptor = assoc.acceptor
         acceptor.maximum_length = self.ae.maximum_pdu_size

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts, build_context
 from pynetdicom.sop_class import Verification
 
 from ..config import Config
 from ..store import Store
-from . import handlers
+from . import handlers, qr, retrieve
 from .reactor import EventRequestHandler, EventServer
 
 log = logging.getLogger("appliance.dicom")
@@ -41,12 +44,20 @@ TRANSFER_SYNTAXES = [
 ]
 
 
-def configure_pynetdicom(config: Config) -> None:
+def configure_pynetdicom(config: Config, spool_dir: Path) -> None:
     """Process-wide pynetdicom settings: spool received datasets to files (flat memory for
-    objects of any size), and accept unknown storage SOP classes if asked."""
+    objects of any size), and accept unknown storage SOP classes if asked.
+
+    pynetdicom spools into the default temporary folder; it must be the storage area's own
+    ``tmp/`` (same filesystem as the files: the store renames the spool into place, which fails
+    with EXDEV from a tmpfs ``/tmp``; and reconciliation cleans up what a crash leaves there).
+    """
+    tempfile.tempdir = str(spool_dir)
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = config.dicom.accept_unknown_sop_classes
     _config.LOG_HANDLER_LEVEL = "none"
+    _config.STORE_SEND_CHUNKED_DATASET = True  # C-MOVE/C-GET send stored files as they are
+    retrieve.install()
 
 
 def build_ae(config: Config) -> AE:
@@ -62,7 +73,11 @@ def build_ae(config: Config) -> AE:
     contexts = [build_context(Verification, TRANSFER_SYNTAXES[:3])]
     contexts += [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES) for cx in
                  AllStoragePresentationContexts]
+    contexts += [build_context(uid, TRANSFER_SYNTAXES[:3]) for uid in qr.QR_CONTEXTS]
     ae.supported_contexts = contexts
+    for uid in [cx.abstract_syntax for cx in AllStoragePresentationContexts]:
+        # PS3.4 C.4.3: for C-GET the requestor proposes the SCP role for storage: accept it
+        ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
 
@@ -79,12 +94,15 @@ class DicomServer:
     """Owns the AE and its listening server thread."""
 
     def __init__(self, config: Config, store: Store) -> None:
-        configure_pynetdicom(config)
+        configure_pynetdicom(config, store.area.tmp)
         self.config = config
         self.ae = build_ae(config)
         handlers_list = [
             (evt.EVT_C_ECHO, handlers.handle_echo),
             (evt.EVT_C_STORE, handlers.handle_store, [store]),
+            (evt.EVT_C_FIND, qr.handle_find, [config, store]),
+            (evt.EVT_C_MOVE, qr.handle_move, [config, store]),
+            (evt.EVT_C_GET, qr.handle_get, [config, store]),
             (evt.EVT_ACCEPTED, handlers.log_accepted),
             (evt.EVT_REJECTED, handlers.log_rejected),
             (evt.EVT_ABORTED, handlers.log_aborted),
@@ -96,6 +114,9 @@ class DicomServer:
             server_class=EventServer,
             request_handler=EventRequestHandler,
         )
+        # as ``AE.start_server`` does: pynetdicom's ``shutdown`` removes the server from this list
+        # and raises ValueError if it is not there (the stop would then skip everything after)
+        self.ae._servers.append(self.server)
         self._thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
             name="dicom-listener", daemon=True,
@@ -110,13 +131,21 @@ class DicomServer:
         log.info("DICOM listening on %s:%d as %s", self.config.dicom.host, self.port,
                  self.config.dicom.aet)
 
+    def _acceptors(self) -> list[Association]:
+        """Established inbound associations. A connection that never sent an A-ASSOCIATE-RQ
+        (a port probe) is not waited for: it idles until the ACSE timeout."""
+        return [a for a in self.server.active_associations if a.is_established]
+
     def stop(self, grace: float) -> None:
         """Stop accepting, then let in-flight associations finish (``grace`` seconds in all)."""
+        if not self._thread.is_alive():  # never started (start-up failed): shutdown() would
+            self.server.server_close()  # wait forever for a serve_forever that never ran
+            return
         self.server.shutdown()
         end = time.monotonic() + grace
-        for assoc in list(self.server.active_associations):
+        for assoc in self._acceptors():
             assoc.join(max(0.0, end - time.monotonic()))
-        for assoc in list(self.server.active_associations):
+        for assoc in self._acceptors():
             if assoc.is_alive():
                 log.warning("association with %s still open at shutdown: aborting",
                             assoc.requestor.ae_title)

@@ -63,25 +63,27 @@ def migrate(db: SqliteDatabase) -> None:
 
 
 Job = Callable[[], Any]
-Item = tuple[Job, "Future[Any]", Path | None]
+Item = tuple[Job, "Future[Any]", bool]
 
 
 class Writer:
     """The one thread that writes the index; ``submit`` returns a future of the job's result.
 
-    A job may name the folder of a file its row will point to: before each batch's transaction
-    the writer calls ``sync_folders`` on all of them at once, so no committed row can point to a
-    file that a power cut would lose, and one fsync serves many files.
+    A job whose row will point to a new file asks for ``flush_files``: the writer calls it once
+    before the batch's transaction, so no committed row can point to a file that a power cut
+    would lose, and one flush serves every file of the batch.
     """
 
     def __init__(
         self,
         db: SqliteDatabase,
-        sync_folders: Callable[[set[Path]], None],
+        flush_files: Callable[[], None],
         max_batch: int = 256,
+        on_rollback: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
-        self.sync_folders = sync_folders
+        self.flush_files = flush_files
+        self.on_rollback = on_rollback  # caches of the writer's own must forget rolled-back rows
         self.max_batch = max_batch
         self._queue: queue.Queue[Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
@@ -92,9 +94,9 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, job: Callable[[], T], folder: Path | None = None) -> Future[T]:
+    def submit(self, job: Callable[[], T], new_file: bool = False) -> Future[T]:
         fut: Future[T] = Future()
-        self._queue.put((job, fut, folder))
+        self._queue.put((job, fut, new_file))
         return fut
 
     def run(self, job: Callable[[], T], timeout: float | None = None) -> T:
@@ -135,15 +137,18 @@ class Writer:
     def _commit(self, batch: list[Item]) -> None:
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            self.sync_folders({folder for _, _, folder in batch if folder is not None})
+            if any(new_file for _, _, new_file in batch):
+                self.flush_files()
             with self.db.atomic("IMMEDIATE"):
                 for job, fut, _ in batch:
                     try:
                         with self.db.atomic():  # a savepoint per job
                             results.append((fut, job(), None))
                     except Exception as exc:  # the job's own failure, reported to its caller
+                        self.on_rollback()
                         results.append((fut, None, exc))
         except Exception as exc:  # the commit itself failed: nothing of the batch is durable
+            self.on_rollback()
             log.exception("index commit failed for a batch of %d", len(batch))
             for _, fut, _ in batch:
                 fut.set_exception(exc)

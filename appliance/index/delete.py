@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from peewee import fn
 
+from .ingest import forget_parents
 from .models import Change, Instance, Patient, Series, Study
 
 
@@ -26,6 +27,7 @@ def delete_instances(keys: Iterable[int], reason: str) -> list[str]:
     )
     if not rows:
         return []
+    forget_parents()
     Instance.delete().where(Instance.id.in_([r[0] for r in rows])).execute()
     for _, public_id, _, _ in rows:
         _log("Deleted", "Instance", public_id, now, reason)

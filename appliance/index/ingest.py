@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
-from typing import Literal
-
-from peewee import Model
+from typing import Any, Literal
 
 from .ids import PublicIds, public_ids
-from .models import Change, Instance, Patient, Series, Study
+from .models import database
 from .tags import InstanceTags
 
 Outcome = Literal["stored", "kept-first", "overwritten"]
@@ -40,21 +39,74 @@ class Recorded:
     unused_file: str | None = None  # the new blob a kept-first duplicate did not need
 
 
-def _change(change_type: str, resource_type: str, public_id: str, now: float) -> None:
-    Change.insert(
-        change_type=change_type, resource_type=resource_type, public_id=public_id, date=now
-    ).execute()
+# The hot path uses plain SQL: peewee's query building cost more than SQLite itself here.
+INSERT_CHANGE = "INSERT INTO change (change_type, resource_type, public_id, date, reason) " \
+    "VALUES (?, ?, ?, ?, '')"
+INSERT_INSTANCE = (
+    "INSERT INTO instance (public_id, series_id, sop_uid, sop_class_uid, transfer_syntax, tags,"
+    " file, size, md5, received, calling_aet, called_aet, remote_address, origin)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+UPDATE_INSTANCE = (
+    "UPDATE instance SET series_id=?, sop_uid=?, sop_class_uid=?, transfer_syntax=?, tags=?,"
+    " file=?, size=?, md5=?, received=?, calling_aet=?, called_aet=?, remote_address=?,"
+    " origin=? WHERE id=?"
+)
+PARENT_COLUMNS = {
+    "patient": ("patient_id", "patient_name"),
+    "study": ("patient_id", "study_uid", "study_date", "accession_number"),
+    "series": ("study_id", "series_uid", "modality"),
+}
+
+# Writer-thread cache of parent rows: public ID -> (key, last_update written). A series of 500
+# instances then costs one parent lookup, not 500; ``last_update`` is rewritten at most once a
+# second per resource (stability is measured in tens of seconds).
+_parents: dict[str, tuple[int, float]] = {}
+PARENT_CACHE_SIZE = 4096
+TOUCH_EVERY = 1.0
 
 
-def _upsert(model: type[Model], public_id: str, now: float, resource: str, **fields: object) -> int:
+def forget_parents() -> None:
+    """Drop the cache: after a rollback or a deletion its keys may no longer exist."""
+    _parents.clear()
+
+
+def _sql(query: str, params: tuple[object, ...]) -> Any:
+    return database.execute_sql(query, params)
+
+
+def _upsert(table: str, public_id: str, now: float, values: tuple[object, ...],
+            tags: dict[str, str]) -> int:
     """The key of the resource ``public_id``, created if new; its ``last_update`` is refreshed."""
-    row = model.select(model.id).where(model.public_id == public_id).tuples().first()
+    cached = _parents.get(public_id)
+    if cached is not None:
+        key, touched = cached
+        if now - touched >= TOUCH_EVERY:
+            _sql(f"UPDATE {table} SET last_update=? WHERE id=?", (now, key))
+            _parents[public_id] = (key, now)
+        return key
+    row = _sql(f"SELECT id FROM {table} WHERE public_id=?", (public_id,)).fetchone()
     if row is not None:
-        model.update(last_update=now).where(model.id == row[0]).execute()
-        return int(row[0])
-    key = model.insert(public_id=public_id, created=now, last_update=now, **fields).execute()
-    _change(f"New{resource}", resource, public_id, now)
-    return int(key)
+        key = int(row[0])
+        _sql(f"UPDATE {table} SET last_update=? WHERE id=?", (now, key))
+    else:
+        columns = ", ".join(PARENT_COLUMNS[table])
+        marks = ", ".join("?" * len(values))
+        key = int(_sql(
+            f"INSERT INTO {table} (public_id, {columns}, tags, created, last_update)"
+            f" VALUES (?, {marks}, ?, ?, ?)",
+            (public_id, *values, _json(tags), now, now),
+        ).lastrowid)
+        resource = table.capitalize()
+        _sql(INSERT_CHANGE, (f"New{resource}", resource, public_id, now))
+    if len(_parents) >= PARENT_CACHE_SIZE:
+        _parents.clear()
+    _parents[public_id] = (key, now)
+    return key
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def record_instance(
@@ -62,49 +114,28 @@ def record_instance(
 ) -> Recorded:
     ids = public_ids(tags.patient_id, tags.study_uid, tags.series_uid, tags.sop_uid)
     now = time.time()
-    existing = (
-        Instance.select(Instance.id, Instance.file)
-        .where(Instance.public_id == ids.instance)
-        .tuples()
-        .first()
-    )
+    existing = _sql(
+        "SELECT id, file FROM instance WHERE public_id=?", (ids.instance,)
+    ).fetchone()
     if existing is not None and not overwrite:
         return Recorded("kept-first", ids, unused_file=file.name)
 
-    patient = _upsert(
-        Patient, ids.patient, now, "Patient",
-        patient_id=tags.patient_id, patient_name=tags.patient.get("PatientName", ""),
-        tags=tags.patient,
-    )  # fmt: skip
-    study = _upsert(
-        Study, ids.study, now, "Study",
-        patient=patient, study_uid=tags.study_uid, study_date=tags.study.get("StudyDate", ""),
-        accession_number=tags.study.get("AccessionNumber", ""), tags=tags.study,
-    )  # fmt: skip
-    series = _upsert(
-        Series, ids.series, now, "Series",
-        study=study, series_uid=tags.series_uid, modality=tags.series.get("Modality", ""),
-        tags=tags.series,
-    )  # fmt: skip
-    values = dict(
-        series=series,
-        sop_uid=tags.sop_uid,
-        sop_class_uid=tags.sop_class_uid,
-        transfer_syntax=tags.transfer_syntax,
-        tags=tags.instance,
-        file=file.name,
-        size=file.size,
-        md5=file.md5,
-        received=now,
-        calling_aet=origin.calling_aet,
-        called_aet=origin.called_aet,
-        remote_address=origin.remote_address,
-        origin=origin.kind,
+    patient = _upsert("patient", ids.patient, now,
+                      (tags.patient_id, tags.patient.get("PatientName", "")), tags.patient)
+    study = _upsert("study", ids.study, now,
+                    (patient, tags.study_uid, tags.study.get("StudyDate", ""),
+                     tags.study.get("AccessionNumber", "")), tags.study)
+    series = _upsert("series", ids.series, now,
+                     (study, tags.series_uid, tags.series.get("Modality", "")), tags.series)
+    values = (
+        series, tags.sop_uid, tags.sop_class_uid, tags.transfer_syntax, _json(tags.instance),
+        file.name, file.size, file.md5, now, origin.calling_aet, origin.called_aet,
+        origin.remote_address, origin.kind,
     )
     if existing is not None:
-        Instance.update(**values).where(Instance.id == existing[0]).execute()
-        _change("UpdatedInstance", "Instance", ids.instance, now)
+        _sql(UPDATE_INSTANCE, (*values, existing[0]))
+        _sql(INSERT_CHANGE, ("UpdatedInstance", "Instance", ids.instance, now))
         return Recorded("overwritten", ids, replaced_file=existing[1])
-    Instance.insert(public_id=ids.instance, **values).execute()
-    _change("NewInstance", "Instance", ids.instance, now)
+    _sql(INSERT_INSTANCE, (ids.instance, *values))
+    _sql(INSERT_CHANGE, ("NewInstance", "Instance", ids.instance, now))
     return Recorded("stored", ids)

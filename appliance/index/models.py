@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from peewee import (
+    SQL,
     AutoField,
     BigIntegerField,
     BooleanField,
@@ -23,6 +24,7 @@ from peewee import (
 )
 
 database = DatabaseProxy()
+EMPTY = SQL("DEFAULT ''")  # defaults live in the schema too: the ingest path writes plain SQL
 
 
 class JSONField(TextField):
@@ -43,9 +45,9 @@ class Patient(BaseModel):
     id = AutoField()
     public_id = CharField(unique=True)
     patient_id = CharField(index=True)
-    patient_name = CharField(default="", index=True)
+    patient_name = CharField(default="", index=True, constraints=[EMPTY])
     tags = JSONField()
-    protected = BooleanField(default=False)
+    protected = BooleanField(default=False, constraints=[SQL("DEFAULT 0")])
     created = FloatField()
     last_update = FloatField(index=True)
 
@@ -55,10 +57,10 @@ class Study(BaseModel):
     public_id = CharField(unique=True)
     patient = ForeignKeyField(Patient, backref="studies", on_delete="CASCADE")
     study_uid = CharField(index=True)
-    study_date = CharField(default="", index=True)
-    accession_number = CharField(default="", index=True)
+    study_date = CharField(default="", index=True, constraints=[EMPTY])
+    accession_number = CharField(default="", index=True, constraints=[EMPTY])
     tags = JSONField()
-    protected = BooleanField(default=False)
+    protected = BooleanField(default=False, constraints=[SQL("DEFAULT 0")])
     created = FloatField()
     last_update = FloatField(index=True)
 
@@ -68,7 +70,7 @@ class Series(BaseModel):
     public_id = CharField(unique=True)
     study = ForeignKeyField(Study, backref="series", on_delete="CASCADE")
     series_uid = CharField(index=True)
-    modality = CharField(default="", index=True)
+    modality = CharField(default="", index=True, constraints=[EMPTY])
     tags = JSONField()
     created = FloatField()
     last_update = FloatField()
@@ -86,10 +88,10 @@ class Instance(BaseModel):
     size = BigIntegerField()
     md5 = CharField()
     received = FloatField()
-    calling_aet = CharField(default="")
-    called_aet = CharField(default="")
-    remote_address = CharField(default="")
-    origin = CharField(default="DicomProtocol")
+    calling_aet = CharField(default="", constraints=[EMPTY])
+    called_aet = CharField(default="", constraints=[EMPTY])
+    remote_address = CharField(default="", constraints=[EMPTY])
+    origin = CharField(default="DicomProtocol", constraints=[SQL("DEFAULT 'DicomProtocol'")])
 
 
 class Change(BaseModel):
@@ -100,7 +102,7 @@ class Change(BaseModel):
     resource_type = CharField()
     public_id = CharField()
     date = FloatField()
-    reason = CharField(default="")
+    reason = CharField(default="", constraints=[EMPTY])
 
 
 MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change]

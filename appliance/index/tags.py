@@ -11,16 +11,17 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS
 
 PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs")
 STUDY_TAGS = (
@@ -46,10 +47,12 @@ OTHER_TAGS = ("SOPClassUID", "SpecificCharacterSet")
 UNDEFINED = 0xFFFFFFFF
 LONG_VRS = {vr.encode() for vr in "OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()}
 
-WANTED: list[BaseTag] = [
-    Tag(tag_for_keyword(k))
-    for k in dict.fromkeys(PATIENT_TAGS + STUDY_TAGS + SERIES_TAGS + INSTANCE_TAGS + OTHER_TAGS)
-]
+KEYWORD_TAGS: dict[str, BaseTag] = {
+    k: Tag(tag_for_keyword(k))
+    for k in PATIENT_TAGS + STUDY_TAGS + SERIES_TAGS + INSTANCE_TAGS + OTHER_TAGS
+}
+WANTED: list[BaseTag] = list(KEYWORD_TAGS.values())
+TEXT_VRS = {"PN", "LO", "SH", "ST", "LT", "UC", "UT"}
 
 
 class BadInstance(ValueError):
@@ -88,25 +91,37 @@ class InstanceTags:
         return self.instance["SOPInstanceUID"]
 
 
-def as_text(elem: DataElement) -> str:
-    """An element's value as Orthanc shows it: multiple values joined by backslashes."""
-    value: Any = elem.value
-    if value is None:
-        return ""
-    if isinstance(value, (list, MultiValue)):
-        return "\\".join(str(v) for v in value)
-    if isinstance(value, bytes):
-        return value.decode("ascii", "replace").rstrip("\x00 ")
-    return str(value)
+def _decode(raw: bytes, vr: str, encodings: list[str], little: bool) -> str:
+    """A raw value as Orthanc shows it (multiple values stay joined by backslashes)."""
+    if vr in ("US", "SS"):
+        fmt = ("<" if little else ">") + ("H" if vr == "US" else "h") * (len(raw) // 2)
+        return "\\".join(str(v) for v in struct.unpack(fmt, raw[: len(raw) // 2 * 2]))
+    if vr in TEXT_VRS:
+        delimiters = (PN_DELIMS | {0x3D} if vr == "PN" else TEXT_VR_DELIMS) | {0x5C}
+        return decode_bytes(raw, encodings, delimiters).rstrip("\x00 ")
+    return raw.decode("ascii", "replace").strip("\x00 ")
 
 
-def _level(ds: Dataset, keywords: tuple[str, ...]) -> dict[str, str]:
+def _level(ds: Dataset, keywords: tuple[str, ...], encodings: list[str], little: bool,
+           implicit: bool) -> dict[str, str]:
+    """The tags of one level, converted straight from the raw bytes (no pydicom conversion)."""
     out = {}
     for keyword in keywords:
-        if keyword in ds:
-            elem = ds[keyword]
-            if elem.VR != "SQ":
-                out[keyword] = as_text(elem)
+        tag = KEYWORD_TAGS[keyword]
+        if tag not in ds:
+            continue
+        elem = ds.get_item(tag)
+        vr = (elem.VR if not implicit and elem.VR else None) or dictionary_VR(tag)
+        value = elem.value
+        if vr == "SQ":
+            continue
+        if isinstance(value, bytes):
+            out[keyword] = _decode(value, vr, encodings, little)
+        elif value is None:
+            out[keyword] = ""
+        else:  # already converted by pydicom (e.g. SpecificCharacterSet)
+            values = value if isinstance(value, MultiValue) else [value]
+            out[keyword] = "\\".join(map(str, values))
     return out
 
 
@@ -170,13 +185,18 @@ def read_instance_tags(path: Path) -> InstanceTags:
         with open(path, "rb") as f:
             ds = dcmread(f, stop_before_pixels=True, specific_tags=WANTED)
             check_tail(f, os.fstat(f.fileno()).st_size, ds)
+        ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
+        charset = ds.get("SpecificCharacterSet") or "ISO_IR 6"
+        encodings = convert_encodings([charset] if isinstance(charset, str) else charset)
+        args = (encodings, ts.is_little_endian, ts.is_implicit_VR)
+        other = _level(ds, OTHER_TAGS, *args)
         tags = InstanceTags(
-            patient=_level(ds, PATIENT_TAGS),
-            study=_level(ds, STUDY_TAGS),
-            series=_level(ds, SERIES_TAGS),
-            instance=_level(ds, INSTANCE_TAGS),
-            sop_class_uid=as_text(ds["SOPClassUID"]) if "SOPClassUID" in ds else "",
-            transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+            patient=_level(ds, PATIENT_TAGS, *args),
+            study=_level(ds, STUDY_TAGS, *args),
+            series=_level(ds, SERIES_TAGS, *args),
+            instance=_level(ds, INSTANCE_TAGS, *args),
+            sop_class_uid=other.get("SOPClassUID", ""),
+            transfer_syntax=str(ts) if "TransferSyntaxUID" in ds.file_meta else "",
         )
     except BadInstance:
         raise

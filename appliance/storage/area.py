@@ -1,23 +1,32 @@
-"""The storage area: durable blobs named by random UUIDs under ``ab/cd/<uuid>``.
+"""The storage area: durable blobs named by their UTC hour of arrival and a random UUID, stored
+under ``files/YYYYMMDD/HH/<name>``.
 
 It knows nothing of DICOM (as Orthanc's ``FilesystemStorage``): the index maps instances to
-UUIDs. No path is ever built from received data, only from UUIDs we generate.
+names. No path is ever built from received data, only from names we generate. Unlike Orthanc's
+``ab/cd/<uuid>`` spread, an hour's arrivals share one folder: a batch of instances needs one
+folder fsync instead of one per file, and new folders are rare (not one per file on a young
+store); the oldest data also sits together, where recycling looks for it.
 
-Durability (the store's contract): a blob is written under ``tmp/``, fsynced, renamed into place,
-and its directory fsynced before the index row that points to it is committed.
+Durability (the store's contract): a blob is written under ``tmp/``, renamed into place, and
+flushed to the device (file, rename and folders) before the index row that points to it is
+committed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-UUID_NAME = re.compile(r"^[0-9a-f]{32}$")
+NAME = re.compile(r"^[0-9]{10}[0-9a-f]{32}$")
 HASH_CHUNK = 1 << 20
+FSYNC_ALONE = 4 << 20  # bytes: files this large are fsynced on their own
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class StorageArea:
@@ -29,27 +38,40 @@ class StorageArea:
         self.tmp.mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:
-        if not UUID_NAME.match(name):
+        if not NAME.match(name):
             raise ValueError(f"not a storage name: {name!r}")
-        return self.files / name[0:2] / name[2:4] / name
+        return self.files / name[0:8] / name[8:10] / name
 
-    def adopt(self, tmp_path: Path) -> tuple[str, Path]:
-        """Make a received temporary file durable under a new name; returns (name, its folder).
+    def adopt(self, tmp_path: Path) -> str:
+        """Move a received file into place under a new name, and return the name.
 
-        The folder still has to be fsynced (``sync_dirs``) before the name is committed: the
-        writer does that once per batch for all the folders it touched.
+        Not yet durable: ``flush`` makes it so, once for a whole batch. Large files are fsynced
+        here, in the receiving thread, so that the shared flush stays short.
         """
-        fsync_file(tmp_path)
-        name = uuid.uuid4().hex
+        if tmp_path.stat().st_size >= FSYNC_ALONE:
+            fsync_file(tmp_path)
+        name = time.strftime("%Y%m%d%H", time.gmtime()) + uuid.uuid4().hex
         final = self.path(name)
         try:
             os.rename(tmp_path, final)
         except FileNotFoundError:
             final.parent.mkdir(parents=True, exist_ok=True)
-            fsync_dir(final.parent.parent)
-            fsync_dir(final.parent.parent.parent)
             os.rename(tmp_path, final)
-        return name, final.parent
+        return name
+
+    def flush(self) -> None:
+        """Make everything written to the area durable: file data, renames and new folders.
+
+        One ``syncfs(2)`` serves a whole batch of files, where an fsync per file and per folder
+        would cost three device flushes per instance.
+        """
+        fd = os.open(self.files, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs failed: {os.strerror(err)}")
+        finally:
+            os.close(fd)
 
     def remove(self, name: str) -> None:
         try:
@@ -71,7 +93,7 @@ class StorageArea:
             for second in first.iterdir():
                 if second.is_dir():
                     for blob in second.iterdir():
-                        if UUID_NAME.match(blob.name):
+                        if NAME.match(blob.name):
                             yield blob.name
 
     def temp_files(self) -> list[Path]:
@@ -96,19 +118,6 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_dirs(dirs: Iterable[Path]) -> None:
-    for d in set(dirs):
-        fsync_dir(d)
 
 
 def md5_file(path: Path) -> str:
