@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from ..index.ingest import Origin
@@ -20,13 +22,17 @@ OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 
 
-def peer(event: Event) -> str:
-    req = event.assoc.requestor
+def peer_of(assoc: Association) -> str:
+    req = assoc.requestor
     return f"{req.ae_title}@{req.address}:{req.port}"
 
 
-def origin_of(event: Event) -> Origin:
-    req = event.assoc.requestor
+def peer(event: Event) -> str:
+    return peer_of(event.assoc)
+
+
+def origin_of(assoc: Association) -> Origin:
+    req = assoc.requestor
     called = req.primitive.called_ae_title if req.primitive is not None else ""
     return Origin(
         calling_aet=req.ae_title, called_aet=str(called).strip(), remote_address=req.address
@@ -48,22 +54,37 @@ def handle_echo(event: Event) -> int:
 
 def handle_store(event: Event, store: Store) -> int | Dataset:
     """C-STORE: answer success only once the instance is durable and indexed."""
-    request = event.request
+    request = cast(C_STORE, event.request)
     expected = Expected(
         str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
     )
+    code, comment = store_received(
+        store, Path(event.dataset_path), expected, origin_of(event.assoc), peer(event)
+    )
+    return status(code, comment) if comment else code
+
+
+def store_received(store: Store, path: Path, expected: Expected, origin: Origin,
+                   sender: str) -> tuple[int, str]:
+    """Hand a spooled C-STORE dataset to the store (which consumes ``path``); return the
+    C-STORE status (PS3.4 B.2.3) and an error comment ("" on success). Shared by
+    ``handle_store`` and the fast path (``faststore``)."""
     try:
-        store.receive(Path(event.dataset_path), origin_of(event), expected)
+        store.receive(path, origin, expected)
     except BadInstance as exc:
         log.warning(
             "C-STORE of %s from %s refused (0x%04X): %s",
-            expected.sop_instance_uid, peer(event), exc.status, exc,
+            expected.sop_instance_uid, sender, exc.status, exc,
         )
-        return status(exc.status, str(exc))
+        return exc.status, str(exc)[:64]
     except Exception as exc:
-        log.exception("C-STORE of %s from %s failed", expected.sop_instance_uid, peer(event))
-        return status(OUT_OF_RESOURCES, f"not stored: {type(exc).__name__}")
-    return SUCCESS
+        log.exception("C-STORE of %s from %s failed", expected.sop_instance_uid, sender)
+        return OUT_OF_RESOURCES, f"not stored: {type(exc).__name__}"[:64]
+    return SUCCESS, ""
+
+
+def log_discarded(sender: str) -> None:
+    log.warning("transfer from %s interrupted: partial dataset discarded", sender)
 
 
 def discard_partial(event: Event) -> None:
@@ -74,7 +95,7 @@ def discard_partial(event: Event) -> None:
         return
     spool.close()
     Path(spool.name).unlink(missing_ok=True)
-    log.warning("transfer from %s interrupted: partial dataset discarded", peer(event))
+    log_discarded(peer(event))
 
 
 def log_accepted(event: Event) -> None:

@@ -13,6 +13,10 @@ The waits have a short timeout, so timers (ARTIM, network idle) still fire as be
 accepted socket also gets ``TCP_NODELAY`` and ``TCP_QUICKACK``: a sender that leaves Nagle's
 algorithm on (Debian's DCMTK does, by default) otherwise stalls ~40 ms per object on our
 delayed ACKs.
+
+With a ``PDataReceiver`` (``faststore.Receiver``), the DUL reads the PDUs of an established
+association itself and serves C-STOREs without pynetdicom's DIMSE layer; every other PDU goes
+through ``hand_over`` to pynetdicom's state machine as if pynetdicom had read it.
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ import socket
 import threading
 from collections.abc import Callable
 from copy import deepcopy
-from typing import Any
+from typing import Any, Protocol
 
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
+from pynetdicom.dul import LOGGER, DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import (
     AssociationSocket,
@@ -52,11 +56,26 @@ class NotifyingQueue(queue.Queue):  # type: ignore[type-arg]
         self._wake()
 
 
+class PDataReceiver(Protocol):
+    """Reads the PDUs of an established association in the DUL thread (``faststore``)."""
+
+    def read_pdu(self) -> None:
+        """Read one PDU: serve it, or give it to ``EventDUL.hand_over``."""
+
+    def discard(self) -> None:
+        """Drop any message in progress (the association is ending)."""
+
+
+ReceiverFactory = Callable[["EventDUL"], PDataReceiver]
+
+
 class EventDUL(DULServiceProvider):
     """The DUL reactor, blocking on its socket and an eventfd instead of sleeping."""
 
-    def __init__(self, assoc: Association, assoc_activity: threading.Event) -> None:
+    def __init__(self, assoc: Association, assoc_activity: threading.Event,
+                 receiver: ReceiverFactory | None = None) -> None:
         super().__init__(assoc)
+        self.receiver = receiver(self) if receiver is not None else None
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.event_queue = NotifyingQueue(self.wake)
         self.to_provider_queue = NotifyingQueue(self.wake)
@@ -104,6 +123,29 @@ class EventDUL(DULServiceProvider):
             except BlockingIOError:
                 pass
 
+    def _read_pdu_data(self) -> None:
+        """Read a PDU: through the receiver while the association is established (Sta6)."""
+        if self.receiver is None:
+            super()._read_pdu_data()
+        elif self.state_machine.current_state == "Sta6":
+            self.receiver.read_pdu()
+        else:
+            self.receiver.discard()
+            super()._read_pdu_data()
+
+    def hand_over(self, data: bytearray) -> None:
+        """Give pynetdicom a whole PDU read from the socket: the end of its ``_read_pdu_data``
+        (decode, queue the FSM event and the PDU; Evt19 if it does not decode)."""
+        try:
+            pdu, event = self._decode_pdu(data)
+        except Exception as exc:
+            LOGGER.error("Unable to decode the received PDU data")
+            LOGGER.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
     def run_reactor(self) -> None:
         """pynetdicom's ``DULServiceProvider.run_reactor``, waiting instead of sleeping."""
         self._idle_timer.start()
@@ -136,6 +178,8 @@ class EventDUL(DULServiceProvider):
                 self.state_machine.do_action(event)
                 idle = False
         finally:
+            if self.receiver is not None:
+                self.receiver.discard()
             self._assoc_activity.set()
             os.close(self._efd)
             self._efd = -1
@@ -161,10 +205,10 @@ class EventDUL(DULServiceProvider):
 class EventAssociation(Association):
     """An association whose reactor waits on an ``Event`` instead of polling every 1 ms."""
 
-    def __init__(self, ae: Any, mode: str) -> None:
+    def __init__(self, ae: Any, mode: str, receiver: ReceiverFactory | None = None) -> None:
         super().__init__(ae, mode)
         self._activity = threading.Event()
-        self.dul = EventDUL(self, self._activity)
+        self.dul = EventDUL(self, self._activity, receiver)
         self.dimse.msg_queue = NotifyingQueue(self._activity.set)
 
     def kill(self) -> None:
@@ -248,7 +292,7 @@ class EventRequestHandler(RequestHandler):
         """As ``RequestHandler._create_association``, with our association and socket."""
         tune_socket(self.request)
         server = self.server
-        assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
+        assoc = EventAssociation(self.ae, MODE_ACCEPTOR, getattr(server, "receiver", None))
         assoc._server = server
         # pynetdicom's ``active_associations`` finds acceptors by this name prefix
         assoc.name = f"AcceptorThread@{self.client_address[0]}:{self.client_address[1]}"
@@ -274,3 +318,4 @@ class EventServer(ThreadedAssociationServer):
     """The threaded association server, with event-driven associations."""
 
     daemon_threads = True
+    receiver: ReceiverFactory | None = None  # reads PDUs of established associations

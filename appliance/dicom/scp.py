@@ -15,7 +15,7 @@ from pynetdicom.sop_class import Verification
 
 from ..config import Config
 from ..store import Store
-from . import handlers, qr, retrieve
+from . import faststore, handlers, qr, retrieve
 from .reactor import EventRequestHandler, EventServer
 
 log = logging.getLogger("appliance.dicom")
@@ -114,6 +114,8 @@ class DicomServer:
             server_class=EventServer,
             request_handler=EventRequestHandler,
         )
+        if config.dicom.fast_store and isinstance(self.server, EventServer):
+            self.server.receiver = lambda dul: faststore.Receiver(dul, store)
         # as ``AE.start_server`` does: pynetdicom's ``shutdown`` removes the server from this list
         # and raises ValueError if it is not there (the stop would then skip everything after)
         self.ae._servers.append(self.server)

@@ -31,7 +31,7 @@ PRAGMAS = {
     "synchronous": "full",  # a commit survives power loss, not only a crash of the process
     "foreign_keys": 1,
     "busy_timeout": 10000,
-    "cache_size": -4096,  # KiB: a small box has little memory
+    "cache_size": -16384,  # KiB: enough for the hot index pages of ~100k instances
     "temp_store": "memory",
     "wal_autocheckpoint": 4000,
 }

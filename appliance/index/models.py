@@ -84,7 +84,7 @@ class Instance(BaseModel):
     sop_class_uid = CharField()
     transfer_syntax = CharField()
     tags = JSONField()
-    file = CharField(unique=True)
+    file = CharField()
     size = BigIntegerField()
     md5 = CharField()
     received = FloatField()

@@ -1,0 +1,939 @@
+#!/usr/bin/env python3
+"""The project benchmark: C-STORE throughput and memory of the appliance against Orthanc and
+DCMTK's storescp, on loopback. It prints a report (and writes it as JSON); it is not a test.
+
+    tools/bench [--sets tiny,small,large] [--quick]
+
+Every server starts fresh, on free ports, with an empty store in a temporary folder; the sender
+is DCMTK's storescu. Generated data sets are cached in /tmp/appliance-bench-data and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+CACHE = Path(tempfile.gettempdir()) / "appliance-bench-data"
+RESULTS = ROOT / "bench-results"
+ORTHANC = "/usr/sbin/Orthanc"
+LOOPBACK = "127.0.0.1"
+BENCH_AET = "BENCHSCU"
+
+MIB = 1024 * 1024
+MB = 1_000_000
+PARTS = 4  # folders per data set, one per parallel association
+CACHE_FORMAT = 1  # bump when the generated files change
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 60.0
+SEND_TIMEOUT = 3600.0
+VERIFY_TIMEOUT = 120.0
+IDLE_SECONDS = 10.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Debian's DCMTK (storescu, and storescp and Orthanc on the receiving side) leaves Nagle's
+# algorithm on unless TCP_NODELAY=1 is in its environment; small C-STORE exchanges then stall on
+# delayed ACKs (~40 ms each). Every server, and storescu, gets TCP_NODELAY=1, except the sender of
+# the cell that measures a default storescu.
+DEFAULT_ENV = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+NODELAY_ENV = {**DEFAULT_ENV, "TCP_NODELAY": "1"}
+
+MF_GRAYSCALE_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it is true, at most ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on loopback."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((LOOPBACK, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+def listening(port: int) -> bool:
+    """Whether some socket listens on ``port`` (read from /proc: no connection is made)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in itertools.islice(f, 1, None):
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/PID/status (VmRSS, VmHWM, ...)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    return proc_status(pid)[field] / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    return ((out.stdout or out.stderr).strip().splitlines() or ["?"])[0]
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --- data sets --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SetSpec:
+    """What to generate: ``count`` instances of ``size`` x ``size`` x ``frames`` 16-bit pixels,
+    spread over ``studies`` studies of ``series`` series each."""
+
+    name: str
+    count: int
+    studies: int
+    series: int
+    size: int
+    frames: int = 1
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.count}x{self.size}x{self.size}x{self.frames}-v{CACHE_FORMAT}"
+
+    @property
+    def sop_class(self) -> str:
+        return MF_GRAYSCALE_WORD_SC if self.frames > 1 else CT_IMAGE
+
+
+def set_specs(quick: bool) -> dict[str, SetSpec]:
+    """The data sets (``quick``: a tenth of the counts and one 100 MB large object)."""
+    d = 10 if quick else 1
+    return {
+        "tiny": SetSpec("tiny", 5000 // d, 10, 5, 64),
+        "small": SetSpec("small", 2000 // d, 4, 2, 512),
+        "large": SetSpec("large", 1 if quick else 3, 1 if quick else 3, 1, 512,
+                         200 if quick else 410),
+        "prefill": SetSpec("prefill", 100_000 // d, 20, 10, 64),
+    }
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """A generated set on disk: ``root/part0..part3`` hold the files."""
+
+    name: str
+    root: Path
+    files: int
+    bytes: int
+
+    def parts(self) -> list[Path]:
+        """The non-empty part folders (one per parallel association)."""
+        return [p for p in sorted(self.root.iterdir()) if p.is_dir() and any(p.iterdir())]
+
+
+def pixel_bytes(n: int) -> bytes:
+    """``n`` bytes of a ramp pattern (not all zeros, cheap to build)."""
+    ramp = bytes(range(256))
+    return (ramp * (n // 256 + 1))[:n]
+
+
+def make_instance(spec: SetSpec, index: int, study_uid: str, series_uid: str,
+                  series_no: int, pixels: bytes) -> Any:
+    """One instance of ``spec`` as a pydicom dataset (Explicit VR Little Endian)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(spec.sop_class)
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = spec.sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.PatientID = f"BENCH-{spec.name}-{study_uid[-6:]}"
+    ds.PatientName = f"Bench^{spec.name.capitalize()}"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid
+    ds.StudyID = study_uid[-8:]
+    ds.StudyDate = ds.SeriesDate = "20260101"
+    ds.StudyTime = ds.SeriesTime = "120000"
+    ds.AccessionNumber = study_uid[-10:]
+    ds.StudyDescription = f"Benchmark {spec.name}"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_no
+    ds.SeriesDescription = f"Series {series_no}"
+    ds.Modality = "CT" if spec.frames == 1 else "OT"
+    ds.InstanceNumber = index + 1
+    ds.ImagePositionPatient = [0, 0, index]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.SliceThickness = 1
+    ds.Rows = ds.Columns = spec.size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    if spec.frames > 1:
+        ds.NumberOfFrames = spec.frames
+    ds.PixelData = pixels
+    return ds
+
+
+def generate(spec: SetSpec) -> DataSet:
+    """Generate ``spec`` under the cache (or reuse a complete earlier generation)."""
+    from pydicom.uid import generate_uid
+
+    root = CACHE / spec.key
+    manifest = CACHE / f"{spec.key}.json"
+    if manifest.exists():
+        info = json.loads(manifest.read_text())
+        return DataSet(spec.name, root, info["files"], info["bytes"])
+    print(f"generating {spec.name}: {spec.count} instances into {root} ...", flush=True)
+    started = time.monotonic()
+    shutil.rmtree(root, ignore_errors=True)
+    for k in range(PARTS):
+        (root / f"part{k}").mkdir(parents=True)
+    pixels = pixel_bytes(spec.size * spec.size * 2 * spec.frames)
+    groups = spec.studies * spec.series
+    study_uids = [generate_uid() for _ in range(spec.studies)]
+    series_uids = [generate_uid() for _ in range(groups)]
+    total = 0
+    for i in range(spec.count):
+        group = i * groups // spec.count
+        ds = make_instance(spec, i, study_uids[group // spec.series], series_uids[group],
+                           group % spec.series + 1, pixels)
+        path = root / f"part{i % PARTS}" / f"{i:06d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        total += path.stat().st_size
+    manifest.write_text(json.dumps({"files": spec.count, "bytes": total}))
+    print(f"  done in {time.monotonic() - started:.0f} s ({total / MB:.0f} MB)", flush=True)
+    return DataSet(spec.name, root, spec.count, total)
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+class Server:
+    """A server process on free loopback ports with its own empty store under ``workdir``."""
+
+    name = "server"
+    aet = "SERVER"
+    concurrent = True  # serves several associations at once
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True)
+        self.dicom_port, self.http_port = free_ports(2)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "server.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        """How many instances the server has stored."""
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        return listening(self.dicom_port)
+
+    def start(self) -> None:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=NODELAY_ENV,
+                                         cwd=self.workdir)
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
+                                   f"{tail(self.log_path)}")
+            return self.ready()
+
+        wait_for(up, START_TIMEOUT, f"{self.name} to start")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"warning: {self.name} ignored SIGTERM for {STOP_TIMEOUT:.0f} s: killed",
+                  file=sys.stderr)
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+
+
+class HttpStatisticsServer(Server):
+    """A server with Orthanc's ``GET /statistics``."""
+
+    def statistics(self) -> dict[str, Any] | None:
+        try:
+            r = requests.get(f"http://{LOOPBACK}:{self.http_port}/statistics", timeout=10)
+        except requests.RequestException:
+            return None
+        return dict(r.json()) if r.status_code == 200 else None
+
+    def ready(self) -> bool:
+        return super().ready() and self.statistics() is not None
+
+    def count(self) -> int:
+        stats = self.statistics()
+        return int(stats["CountInstances"]) if stats else -1
+
+
+class Appliance(HttpStatisticsServer):
+    name = "appliance"
+    aet = "APPLIANCE"
+
+    def command(self) -> list[str]:
+        return [str(VENV_BIN / "appliance"), "serve", "--data", str(self.workdir / "data"),
+                "--aet", self.aet, "--dicom-port", str(self.dicom_port),
+                "--http-port", str(self.http_port)]
+
+
+class Orthanc(HttpStatisticsServer):
+    name = "orthanc"
+    aet = "ORTHANC"
+
+    def command(self) -> list[str]:
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "SyncStorageArea": True,  # Orthanc's default, stated for the record
+            "Plugins": [],
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        return [ORTHANC, str(path)]
+
+
+class Storescp(Server):
+    name = "storescp"
+    aet = "STORESCP"
+    concurrent = False  # without --fork: one association at a time
+
+    def command(self) -> list[str]:
+        out = self.workdir / "received"
+        out.mkdir()
+        return ["storescp", "--aetitle", self.aet, "-od", str(out), str(self.dicom_port)]
+
+    def count(self) -> int:
+        return sum(len(files) for _, _, files in os.walk(self.workdir / "received"))
+
+
+SERVERS: list[type[Server]] = [Appliance, Orthanc, Storescp]
+
+
+def keep_log(server: Server) -> None:
+    """Copy a failed server's log to bench-results/logs/ (its folder is about to go)."""
+    if server.log_path.exists():
+        dest = RESULTS / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{server.workdir.name}.log"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(server.log_path, dest)
+        print(f"  {server.name} log kept as {dest}", file=sys.stderr)
+
+
+class Lab:
+    """Owns the run's temporary folder and every server started in it."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="appliance-bench-run-"))
+        self._serial = itertools.count()
+
+    @contextlib.contextmanager
+    def running(self, kind: type[Server]) -> Iterator[Server]:
+        """A fresh server, stopped and its store removed on exit (whatever happens)."""
+        server = kind(self.tmp / f"{kind.name}-{next(self._serial)}")
+        try:
+            server.start()
+            yield server
+        except Exception:
+            keep_log(server)
+            raise
+        finally:
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- sending ----------------------------------------------------------------------------------
+
+def storescu_command(server: Server, folder: Path) -> list[str]:
+    """One association sending every file under ``folder``. The long ACSE/socket timeouts let
+    a queued association wait for a serial server (storescp) to finish the one before."""
+    return ["storescu", "-aet", BENCH_AET, "-aec", server.aet, "-ta", "600", "-ts", "600",
+            "+sd", "+r", LOOPBACK, str(server.dicom_port), str(folder)]
+
+
+def send(server: Server, folders: list[Path], nodelay: bool = True) -> float:
+    """Send each folder over its own association, all at once; returns the wall time."""
+    env = NODELAY_ENV if nodelay else DEFAULT_ENV
+    logs = [server.workdir / f"storescu-{time.monotonic_ns()}-{k}.log" for k in range(len(folders))]
+    procs: list[subprocess.Popen[bytes]] = []
+    started = time.monotonic()
+    try:
+        for folder, log_path in zip(folders, logs, strict=True):
+            with open(log_path, "wb") as log:
+                procs.append(subprocess.Popen(storescu_command(server, folder), stdout=log,
+                                              stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, env=env))
+        deadline = started + SEND_TIMEOUT
+        for proc in procs:
+            proc.wait(max(1.0, deadline - time.monotonic()))
+        elapsed = time.monotonic() - started
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, log_path in zip(procs, logs, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu to {server.name} exited with {proc.returncode}"
+                               f" (the server holds {server.count()} instances):\n"
+                               f"{tail(log_path)}\n--- server log:\n{tail(server.log_path)}")
+    return elapsed
+
+
+def verify(server: Server, expected: int) -> None:
+    """Wait until the server reports ``expected`` stored instances."""
+    last = [-1]
+
+    def complete() -> bool:
+        last[0] = server.count()
+        return last[0] >= expected
+
+    try:
+        wait_for(complete, VERIFY_TIMEOUT, f"{server.name} to hold {expected} instances")
+    except TimeoutError as exc:
+        raise RuntimeError(f"{server.name} holds {last[0]} instances, expected {expected}:\n"
+                           f"{tail(server.log_path)}") from exc
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+@dataclass
+class Cell:
+    """One measured transfer of a data set to a fresh server."""
+
+    server: str
+    set: str
+    associations: int
+    nodelay: bool
+    instances: int
+    bytes: int
+    seconds: float
+    idle_rss_mib: float
+    peak_rss_mib: float
+    cpu_seconds: float
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mbps(self) -> float:
+        return self.bytes / MB / self.seconds
+
+
+T = TypeVar("T")
+FAILURES = (RuntimeError, OSError, subprocess.SubprocessError)
+
+
+def attempt(errors: list[str], what: str, measure: Callable[..., T], *args: Any) -> T | None:
+    """Run one measurement; a failure is reported and recorded, and the run goes on."""
+    try:
+        return measure(*args)
+    except FAILURES as exc:
+        message = f"{what}: {type(exc).__name__}: {exc}"
+        print(f"  FAILED {message}", flush=True)
+        errors.append(message)
+        return None
+
+
+def settle_rss(server: Server) -> float:
+    """VmRSS shortly after start (once start-up work has quietened)."""
+    time.sleep(1.0)
+    return rss_mib(server.pid)
+
+
+def measure_send(server: Server, data: DataSet, folders: list[Path], nodelay: bool,
+                 already: int = 0, idle_rss: float = 0.0) -> Cell:
+    """Send ``folders`` of ``data`` to a running server and verify it holds them all."""
+    cpu0 = cpu_seconds(server.pid)
+    seconds = send(server, folders, nodelay)
+    verify(server, already + data.files)
+    note = "serial server: associations queue" if len(folders) > 1 and not server.concurrent \
+        else ""
+    return Cell(server.name, data.name, len(folders), nodelay, data.files, data.bytes, seconds,
+                idle_rss, rss_mib(server.pid, "VmHWM"), cpu_seconds(server.pid) - cpu0, note)
+
+
+def run_cell(lab: Lab, kind: type[Server], data: DataSet, parallel: bool,
+             nodelay: bool = True) -> Cell:
+    """A fresh server receives ``data`` over one association or one per part folder."""
+    folders = data.parts() if parallel else [data.root]
+    with lab.running(kind) as server:
+        idle = settle_rss(server)
+        cell = measure_send(server, data, folders, nodelay, idle_rss=idle)
+    print(f"  {cell.server:9} {cell.set:6} x{cell.associations}"
+          f"{'' if nodelay else ' (Nagle)'}: {cell.rate:8.1f} inst/s {cell.mbps:7.1f} MB/s  "
+          f"idle {cell.idle_rss_mib:6.1f} MiB  peak {cell.peak_rss_mib:7.1f} MiB", flush=True)
+    return cell
+
+
+@dataclass
+class FullStore:
+    """The appliance's tiny-set rate once the store already holds ``prefilled`` instances."""
+
+    prefilled: int
+    prefill_rate: float
+    cell: Cell
+
+
+def run_full_store(lab: Lab, prefill: DataSet, tiny: DataSet) -> FullStore:
+    with lab.running(Appliance) as server:
+        idle = settle_rss(server)
+        print(f"  prefilling the appliance with {prefill.files} instances ...", flush=True)
+        seconds = send(server, prefill.parts())
+        verify(server, prefill.files)
+        cell = measure_send(server, tiny, [tiny.root], True, already=prefill.files,
+                            idle_rss=idle)
+    cell.note = f"store pre-filled with {prefill.files} instances"
+    print(f"  prefill {prefill.files / seconds:.1f} inst/s; tiny at a full store:"
+          f" {cell.rate:.1f} inst/s", flush=True)
+    return FullStore(prefill.files, prefill.files / seconds, cell)
+
+
+@dataclass
+class IdleCpu:
+    server: str
+    associations: int
+    seconds: float
+    cpu_percent: float
+
+
+def open_associations(server: Server, n: int) -> list[Any]:
+    """``n`` established Verification associations (pynetdicom) to ``server``."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=BENCH_AET)
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = 30
+    ae.network_timeout = 120
+    assocs = []
+    for _ in range(n):
+        assoc = ae.associate(LOOPBACK, server.dicom_port, ae_title=server.aet)
+        if not assoc.is_established:
+            raise RuntimeError(f"association to {server.name} not established")
+        assocs.append(assoc)
+    return assocs
+
+
+def run_idle_cpu(lab: Lab, kind: type[Server]) -> IdleCpu:
+    """Server CPU while 4 associations (1 for a serial server) stay open doing nothing."""
+    n = 4 if kind.concurrent else 1
+    with lab.running(kind) as server:
+        assocs = open_associations(server, n)
+        try:
+            time.sleep(0.5)
+            cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+            time.sleep(IDLE_SECONDS)
+            cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+        finally:
+            for assoc in assocs:
+                assoc.release()
+    result = IdleCpu(kind.name, n, t1 - t0, 100 * (cpu1 - cpu0) / (t1 - t0))
+    print(f"  {result.server:9} idle with {n} open associations: {result.cpu_percent:.2f} %"
+          " of one core", flush=True)
+    return result
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+@dataclass
+class Results:
+    machine: dict[str, str]
+    versions: dict[str, str]
+    quick: bool
+    sets: dict[str, dict[str, Any]]
+    cells: list[Cell]
+    nagle: list[Cell]
+    full_store: FullStore | None
+    idle_cpu: list[IdleCpu]
+    errors: list[str]
+
+
+def machine_info() -> dict[str, str]:
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                     "?")
+    mem = proc_meminfo_total()
+    return {"nproc": str(os.cpu_count()), "cpu": model, "kernel": platform.release(),
+            "memory": f"{mem / MIB / 1024:.1f} GiB" if mem else "?",
+            "tmp_filesystem": tmp_filesystem(),
+            "load_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+def tmp_filesystem() -> str:
+    """Type and device of the filesystem holding the temporary folders."""
+    try:
+        out = subprocess.run(["df", "--output=fstype,source", tempfile.gettempdir()],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    lines = out.strip().splitlines()
+    return " ".join(lines[-1].split()) if len(lines) > 1 else "?"
+
+
+def proc_meminfo_total() -> int:
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def source_fingerprint() -> str:
+    """Git commit plus a hash of the appliance's Python sources as they are on disk now (the
+    checkout may change while the benchmark runs)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "appliance").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    return f"{commit}+{digest.hexdigest()[:12]}"
+
+
+def versions() -> dict[str, str]:
+    return {
+        "appliance": first_line([str(VENV_BIN / "appliance"), "--version"]),
+        "appliance_source": source_fingerprint(),
+        "orthanc": first_line([ORTHANC, "--version"]),
+        "storescu": first_line(["storescu", "--version"]),
+        "python": sys.version.split()[0],
+    }
+
+
+def run(sets: list[str], quick: bool, lab: Lab) -> Results:
+    specs = set_specs(quick)
+    data = {name: generate(specs[name]) for name in sets}
+    results = Results(machine_info(), versions(), quick,
+                      {n: {"files": d.files, "bytes": d.bytes} for n, d in data.items()},
+                      [], [], None, [], [])
+    errors = results.errors
+
+    def cell(kind: type[Server], name: str, parallel: bool, nodelay: bool = True) -> list[Cell]:
+        what = f"{kind.name} {name} {'parallel' if parallel else 'x1'}"
+        got = attempt(errors, what, run_cell, lab, kind, data[name], parallel, nodelay)
+        return [got] if got else []
+
+    for name in sets:
+        for parallel in (False, True):
+            if parallel and len(data[name].parts()) < 2:
+                print(f"  {name}: too few files for parallel associations: skipped")
+                continue
+            for kind in SERVERS:
+                results.cells += cell(kind, name, parallel)
+    if "tiny" in data:
+        print("tiny set from a default storescu (no TCP_NODELAY):", flush=True)
+        for kind in SERVERS:
+            results.nagle += cell(kind, "tiny", False, nodelay=False)
+        print("appliance at a full store:", flush=True)
+        prefill = generate(specs["prefill"])
+        results.full_store = attempt(errors, "full store", run_full_store, lab, prefill,
+                                     data["tiny"])
+    print("idle CPU with open associations:", flush=True)
+    for kind in SERVERS:
+        idle = attempt(errors, f"{kind.name} idle CPU", run_idle_cpu, lab, kind)
+        results.idle_cpu += [idle] if idle else []
+    return results
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def find(cells: list[Cell], server: str, set_name: str, assocs: int) -> Cell | None:
+    return next((c for c in cells if c.server == server and c.set == set_name
+                 and (c.associations == assocs or (assocs > 1 and c.associations > 1))), None)
+
+
+def rate_of(cell: Cell | None) -> float | None:
+    return cell.rate if cell else None
+
+
+def mbps_of(cell: Cell | None) -> float | None:
+    return cell.mbps if cell else None
+
+
+def fmt(value: float | None, spec: str = ".1f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def peak(cells: list[Cell], server: str, set_name: str) -> float | None:
+    values = [c.peak_rss_mib for c in cells if c.server == server and c.set == set_name]
+    return max(values) if values else None
+
+
+@dataclass
+class Target:
+    name: str
+    value: float | None
+    limit: float
+    unit: str
+    at_least: bool
+    strict: bool = False  # "<" rather than "<=" (for at-most targets)
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "n/a"
+        if self.at_least:
+            ok = self.value >= self.limit
+        else:
+            ok = self.value < self.limit if self.strict else self.value <= self.limit
+        return "PASS" if ok else "FAIL"
+
+    def line(self) -> str:
+        op = ">=" if self.at_least else "<" if self.strict else "<="
+        return (f"  {self.verdict:4}  {self.name:52} {fmt(self.value, '.2f'):>9} {self.unit:5}"
+                f" (target {op} {self.limit:g})")
+
+
+def targets(r: Results) -> list[Target]:
+    out = []
+    for set_name, n in itertools.product(("tiny", "small"), (1, 4)):
+        app, orth = find(r.cells, "appliance", set_name, n), find(r.cells, "orthanc", set_name, n)
+        out.append(Target(f"appliance/Orthanc rate, {set_name} x{n}",
+                          ratio(rate_of(app), rate_of(orth)), 1.0, "x", True))
+    empty = find(r.cells, "appliance", "tiny", 1)
+    full = r.full_store.cell.rate if r.full_store else None
+    out.append(Target("tiny rate at a full store / at an empty store",
+                      ratio(full, rate_of(empty)), 0.8, "x", True))
+    out.append(Target("appliance/Orthanc peak RSS, small set",
+                      ratio(peak(r.cells, "appliance", "small"), peak(r.cells, "orthanc", "small")),
+                      0.5, "x", False))
+    idle = [c.idle_rss_mib for c in r.cells + r.nagle if c.server == "appliance"]
+    out.append(Target("appliance idle RSS (largest of its fresh starts)",
+                      max(idle) if idle else None, 60, "MiB", False))
+    out.append(Target("appliance VmHWM receiving the large set",
+                      peak(r.cells, "appliance", "large"), 150, "MiB", False, True))
+    cpu = next((i.cpu_percent for i in r.idle_cpu if i.server == "appliance"), None)
+    out.append(Target("appliance CPU, 4 idle open associations", cpu, 1.0, "%", False, True))
+    return out
+
+
+def throughput_table(r: Results) -> list[str]:
+    head = (f"{'set':6} {'assoc':>5} | {'appliance':>17} | {'orthanc':>17} | {'storescp':>17} |"
+            f" {'app/orthanc':>11}")
+    sub = f"{'':6} {'':>5} |" + f" {'inst/s':>8} {'MB/s':>8} |" * 3 + f" {'(rate)':>11}"
+    lines = [head, sub, "-" * len(head)]
+    for set_name in r.sets:
+        for n in (1, 4):
+            row = {s.name: find(r.cells, s.name, set_name, n) for s in SERVERS}
+            if not any(row.values()):
+                continue
+            used = max(c.associations for c in row.values() if c)
+            label = str(used) + ("*" if n == 4 and any(
+                c and c.note for c in row.values()) else "")
+            cols = "".join(f" {fmt(rate_of(c)):>8} {fmt(mbps_of(c)):>8} |"
+                           for c in row.values())
+            app, orth = row["appliance"], row["orthanc"]
+            rel = ratio(rate_of(app), rate_of(orth))
+            lines.append(f"{set_name:6} {label:>5} |{cols} {fmt(rel, '.2f') + 'x':>11}")
+    return lines
+
+
+def memory_table(r: Results) -> list[str]:
+    sets = list(r.sets)
+    lines = [f"{'server':10} {'idle RSS':>9} | " + " ".join(f"{'peak ' + s:>11}" for s in sets),
+             "-" * (23 + 12 * len(sets))]
+    for s in SERVERS:
+        idle = [c.idle_rss_mib for c in r.cells if c.server == s.name]
+        peaks = " ".join(f"{fmt(peak(r.cells, s.name, n)):>11}" for n in sets)
+        lines.append(f"{s.name:10} {fmt(statistics.median(idle) if idle else None):>9} | {peaks}")
+    app_small, orth_small = peak(r.cells, "appliance", "small"), peak(r.cells, "orthanc", "small")
+    lines.append(f"(MiB; idle = median VmRSS after start, peak = largest VmHWM of the set's cells;"
+                 f" appliance/Orthanc peak on small: {fmt(ratio(app_small, orth_small), '.2f')}x)")
+    return lines
+
+
+def report(r: Results) -> str:
+    out = ["", "=" * 96, f"appliance benchmark{' (--quick)' if r.quick else ''}", "=" * 96]
+    out += [f"machine: {r.machine['nproc']} CPUs, {r.machine['cpu']}, kernel {r.machine['kernel']},"
+            f" {r.machine['memory']} RAM, temp on {r.machine['tmp_filesystem']},"
+            f" load average at start {r.machine['load_at_start']}"
+            f", at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}"]
+    out += [f"{k}: {v}" for k, v in r.versions.items()]
+    now = source_fingerprint()
+    if now != r.versions["appliance_source"]:
+        out.append(f"WARNING: the appliance's sources changed during the run (now {now}):"
+                   " its cells may have run different code")
+    out += ["sets: " + ", ".join(f"{n} {s['files']} files / {s['bytes'] / MB:.1f} MB"
+                                 for n, s in r.sets.items())]
+    out += ["", "C-STORE throughput on loopback (storescu with TCP_NODELAY=1; MB = 10^6 bytes of"
+            " file data)"]
+    out += throughput_table(r)
+    out += ["* storescp (no --fork) serves one association at a time: its parallel cells run"
+            " serially.", "  storescp only writes files (no fsync, no index); the appliance and"
+            " Orthanc fsync and index.", "  For the large set the parallel cell uses one"
+            " association per object."]
+    out += ["", "Memory"] + memory_table(r)
+    if r.nagle:
+        out += ["", "Tiny set from a default storescu (Nagle on, as real modalities send), 1"
+                " association"]
+        for c in r.nagle:
+            fast = find(r.cells, c.server, "tiny", 1)
+            out.append(f"  {c.server:10} {c.rate:8.1f} inst/s {c.mbps:7.2f} MB/s"
+                       f"   ({fmt(ratio(c.rate, rate_of(fast)), '.2f')}x its TCP_NODELAY"
+                       " rate)")
+    if r.full_store:
+        f, empty = r.full_store, find(r.cells, "appliance", "tiny", 1)
+        out += ["", f"Appliance at a full store: pre-filled {f.prefilled} instances"
+                f" ({f.prefill_rate:.1f} inst/s over 4 associations), then the tiny set over 1:"
+                f" {f.cell.rate:.1f} inst/s vs {fmt(rate_of(empty))} empty"
+                f" = {fmt(ratio(f.cell.rate, rate_of(empty)), '.2f')}x"
+                f"; VmHWM {f.cell.peak_rss_mib:.1f} MiB"]
+    out += ["", f"Idle CPU with open associations ({IDLE_SECONDS:.0f} s, % of one core)"]
+    out += [f"  {i.server:10} {i.cpu_percent:6.2f} %  ({i.associations} association"
+            f"{'s' if i.associations > 1 else ' (serial server)'})" for i in r.idle_cpu]
+    out += ["", "Targets"] + [t.line() for t in targets(r)]
+    if r.errors:
+        out += ["", "Failures (their cells show n/a)"] + [f"  {e}" for e in r.errors]
+    return "\n".join(out)
+
+
+def write_json(r: Results, text: str) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    body = asdict(r)
+    for cell in body["cells"] + body["nagle"] + ([body["full_store"]["cell"]]
+                                                 if body["full_store"] else []):
+        cell["rate"] = cell["instances"] / cell["seconds"]
+        cell["mbps"] = cell["bytes"] / MB / cell["seconds"]
+    body["targets"] = [{**asdict(t), "verdict": t.verdict} for t in targets(r)]
+    body["report"] = text
+    path.write_text(json.dumps(body, indent=2))
+    return path
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sets", default="tiny,small,large",
+                   help="comma-separated data sets (tiny, small, large)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tenth of the counts and one 100 MB large object")
+    args = p.parse_args(argv)
+    args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = set(args.sets) - {"tiny", "small", "large"}
+    if unknown:
+        p.error(f"unknown sets: {', '.join(sorted(unknown))}")
+    return args
+
+
+def check_tools() -> None:
+    missing = [t for t in ("storescu", "storescp", ORTHANC, str(VENV_BIN / "appliance"))
+               if shutil.which(t) is None]
+    if missing:
+        raise SystemExit(f"missing: {', '.join(missing)}")
+
+
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_tools()
+    signal.signal(signal.SIGTERM, on_sigterm)
+    lab = Lab()
+    try:
+        results = run(args.sets, args.quick, lab)
+    except KeyboardInterrupt:
+        print("interrupted: servers stopped, temporary files removed", file=sys.stderr)
+        return 130
+    finally:
+        lab.close()
+    text = report(results)
+    print(text)
+    print(f"\nresults: {write_json(results, text)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
