@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from peewee import SqliteDatabase
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
@@ -44,6 +45,9 @@ class Expected:
 class Store:
     def __init__(self, config: Config) -> None:
         self.config = config
+        # Values are indexed as sent: validating each one on read costs ~20% of the tag parse,
+        # and refusing an instance for a malformed date is not the store's call.
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         root = config.data_dir
         root.mkdir(parents=True, exist_ok=True)
         self.area = StorageArea(root)

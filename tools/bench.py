@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The project benchmark: C-STORE throughput and memory of the appliance against Orthanc and
-DCMTK's storescp, on loopback. It prints a report (and writes it as JSON); it is not a test.
+DCMTK's storescp, on loopback, or (--qr) Query/Retrieve latency and retrieve rates of the
+appliance against Orthanc. It prints a report (and writes it as JSON); it is not a test.
 
     tools/bench [--sets tiny,small,large] [--quick]
+    tools/bench --qr [--quick]
 
 Every server starts fresh, on free ports, with an empty store in a temporary folder; the sender
 is DCMTK's storescu. Generated data sets are cached in /tmp/appliance-bench-data and reused.
@@ -144,6 +146,8 @@ class SetSpec:
     series: int
     size: int
     frames: int = 1
+    first_study: int | None = None  # Q/R sets: patients, names and dates vary with the study
+
 
     @property
     def key(self) -> str:
@@ -255,6 +259,8 @@ def generate(spec: SetSpec) -> DataSet:
         group = i * groups // spec.count
         ds = make_instance(spec, i, study_uids[group // spec.series], series_uids[group],
                            group % spec.series + 1, pixels)
+        if spec.first_study is not None:
+            vary_patient(ds, spec.first_study + group // spec.series)
         path = root / f"part{i % PARTS}" / f"{i:06d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         total += path.stat().st_size
@@ -272,8 +278,9 @@ class Server:
     aet = "SERVER"
     concurrent = True  # serves several associations at once
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
+        self.config = config or {}  # server-specific settings (appliance or Orthanc JSON)
         self.workdir.mkdir(parents=True)
         self.dicom_port, self.http_port = free_ports(2)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -346,9 +353,14 @@ class Appliance(HttpStatisticsServer):
     aet = "APPLIANCE"
 
     def command(self) -> list[str]:
-        return [str(VENV_BIN / "appliance"), "serve", "--data", str(self.workdir / "data"),
-                "--aet", self.aet, "--dicom-port", str(self.dicom_port),
-                "--http-port", str(self.http_port)]
+        cmd = [str(VENV_BIN / "appliance"), "serve", "--data", str(self.workdir / "data"),
+               "--aet", self.aet, "--dicom-port", str(self.dicom_port),
+               "--http-port", str(self.http_port)]
+        if self.config:
+            path = self.workdir / "appliance.json"
+            path.write_text(json.dumps(self.config, indent=2))
+            cmd += ["--config", str(path)]
+        return cmd
 
 
 class Orthanc(HttpStatisticsServer):
@@ -367,6 +379,7 @@ class Orthanc(HttpStatisticsServer):
             "AuthenticationEnabled": False,
             "SyncStorageArea": True,  # Orthanc's default, stated for the record
             "Plugins": [],
+            **self.config,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))
@@ -406,10 +419,17 @@ class Lab:
         self.tmp = Path(tempfile.mkdtemp(prefix="appliance-bench-run-"))
         self._serial = itertools.count()
 
+    def folder(self, name: str) -> Path:
+        """A new empty folder in the run's temporary folder."""
+        path = self.tmp / f"{name}-{next(self._serial)}"
+        path.mkdir(parents=True)
+        return path
+
     @contextlib.contextmanager
-    def running(self, kind: type[Server]) -> Iterator[Server]:
+    def running(self, kind: type[Server], config: dict[str, Any] | None = None
+                ) -> Iterator[Server]:
         """A fresh server, stopped and its store removed on exit (whatever happens)."""
-        server = kind(self.tmp / f"{kind.name}-{next(self._serial)}")
+        server = kind(self.tmp / f"{kind.name}-{next(self._serial)}", config)
         try:
             server.start()
             yield server
@@ -641,7 +661,7 @@ def machine_info() -> dict[str, str]:
     return {"nproc": str(os.cpu_count()), "cpu": model, "kernel": platform.release(),
             "memory": f"{mem / MIB / 1024:.1f} GiB" if mem else "?",
             "tmp_filesystem": tmp_filesystem(),
-            "load_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+            "load_at_start": load_average()}
 
 
 def tmp_filesystem() -> str:
@@ -831,17 +851,27 @@ def memory_table(r: Results) -> list[str]:
     return lines
 
 
-def report(r: Results) -> str:
-    out = ["", "=" * 96, f"appliance benchmark{' (--quick)' if r.quick else ''}", "=" * 96]
-    out += [f"machine: {r.machine['nproc']} CPUs, {r.machine['cpu']}, kernel {r.machine['kernel']},"
-            f" {r.machine['memory']} RAM, temp on {r.machine['tmp_filesystem']},"
-            f" load average at start {r.machine['load_at_start']}"
-            f", at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}"]
-    out += [f"{k}: {v}" for k, v in r.versions.items()]
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def header(title: str, machine: dict[str, str], versions: dict[str, str], quick: bool
+           ) -> list[str]:
+    """The report's title, machine (with the load average now) and versions."""
+    out = ["", "=" * 96, f"{title}{' (--quick)' if quick else ''}", "=" * 96]
+    out += [f"machine: {machine['nproc']} CPUs, {machine['cpu']}, kernel {machine['kernel']},"
+            f" {machine['memory']} RAM, temp on {machine['tmp_filesystem']},"
+            f" load average at start {machine['load_at_start']}, at end {load_average()}"]
+    out += [f"{k}: {v}" for k, v in versions.items()]
     now = source_fingerprint()
-    if now != r.versions["appliance_source"]:
+    if now != versions["appliance_source"]:
         out.append(f"WARNING: the appliance's sources changed during the run (now {now}):"
                    " its cells may have run different code")
+    return out
+
+
+def report(r: Results) -> str:
+    out = header("appliance benchmark", r.machine, r.versions, r.quick)
     out += ["sets: " + ", ".join(f"{n} {s['files']} files / {s['bytes'] / MB:.1f} MB"
                                  for n, s in r.sets.items())]
     out += ["", "C-STORE throughput on loopback (storescu with TCP_NODELAY=1; MB = 10^6 bytes of"
@@ -876,9 +906,15 @@ def report(r: Results) -> str:
     return "\n".join(out)
 
 
-def write_json(r: Results, text: str) -> Path:
+def save_json(body: dict[str, Any], prefix: str) -> Path:
+    """Write ``body`` as bench-results/PREFIX-DATE-TIME.json."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = RESULTS / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(body, indent=2))
+    return path
+
+
+def write_json(r: Results, text: str) -> Path:
     body = asdict(r)
     for cell in body["cells"] + body["nagle"] + ([body["full_store"]["cell"]]
                                                  if body["full_store"] else []):
@@ -886,8 +922,7 @@ def write_json(r: Results, text: str) -> Path:
         cell["mbps"] = cell["bytes"] / MB / cell["seconds"]
     body["targets"] = [{**asdict(t), "verdict": t.verdict} for t in targets(r)]
     body["report"] = text
-    path.write_text(json.dumps(body, indent=2))
-    return path
+    return save_json(body, "bench")
 
 
 # --- entry point ------------------------------------------------------------------------------
