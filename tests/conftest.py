@@ -20,6 +20,11 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
+# What ``storescu -v`` logs for each acknowledged file.
+SUCCESS_LINE = "Received Store Response (Success)"
+# Both receive paths: the fast path in the network thread (the default), and pynetdicom's own.
+RECEIVE_PATHS = {"fast-store": {}, "pynetdicom-store": {"dicom": {"fast_store": False}}}
+
 # Debian's DCMTK leaves Nagle's algorithm on unless told otherwise.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 

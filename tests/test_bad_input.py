@@ -34,6 +34,8 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ
 
 from .conftest import (
+    RECEIVE_PATHS,
+    SUCCESS_LINE,
     ApplianceProcess,
     dcmtk,
     make_series,
@@ -43,7 +45,6 @@ from .conftest import (
 
 pytestmark = pytest.mark.integration
 
-SUCCESS_LINE = "Received Store Response (Success)"
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -126,8 +127,6 @@ def dataset_offset(data: bytes) -> int:
     return 144 + group_length
 
 
-# Both receive paths: the fast path in the network thread (the default), and pynetdicom's own.
-RECEIVE_PATHS = {"fast-store": {}, "pynetdicom-store": {"dicom": {"fast_store": False}}}
 
 
 @pytest.fixture(params=list(RECEIVE_PATHS))

@@ -28,7 +28,9 @@ from pynetdicom.dsutils import split_dataset
 
 from .conftest import (
     DCMTK_ENV,
+    RECEIVE_PATHS,
     ROOT,
+    SUCCESS_LINE,
     ApplianceProcess,
     dcmtk,
     make_series,
@@ -38,9 +40,6 @@ from .conftest import (
 
 pytestmark = pytest.mark.integration
 
-SUCCESS_LINE = "Received Store Response (Success)"
-# Both receive paths: the fast path in the network thread (the default), and pynetdicom's own.
-RECEIVE_PATHS = {"fast-store": {}, "pynetdicom-store": {"dicom": {"fast_store": False}}}
 FSCK_LABELS = {
     "temporary files": "temp",
     "files without an index row": "orphans",

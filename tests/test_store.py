@@ -26,6 +26,7 @@ from appliance.index.ids import PublicIds, public_ids
 
 from .conftest import (
     DCMTK_ENV,
+    SUCCESS_LINE,
     ApplianceProcess,
     dcmtk,
     make_series,
@@ -38,7 +39,6 @@ from .conftest import (
 pytestmark = pytest.mark.integration
 
 LEVELS = ("patients", "studies", "series", "instances")
-SUCCESS_LINE = "Received Store Response (Success)"
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
             b"UV"}
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import itertools
+import re
 import json
 import os
 import platform
@@ -151,7 +153,9 @@ class SetSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.name}-{self.count}x{self.size}x{self.size}x{self.frames}-v{CACHE_FORMAT}"
+        first = "" if self.first_study is None else f"-s{self.first_study}"
+        return (f"{self.name}-{self.count}x{self.size}x{self.size}x{self.frames}{first}"
+                f"-v{CACHE_FORMAT}")
 
     @property
     def sop_class(self) -> str:
@@ -234,6 +238,34 @@ def make_instance(spec: SetSpec, index: int, study_uid: str, series_uid: str,
         ds.NumberOfFrames = spec.frames
     ds.PixelData = pixels
     return ds
+
+
+SURNAMES = (
+    "SMITH", "JOHNSON", "WILLIAMS", "BROWN", "JONES", "GARCIA", "MILLER", "DAVIS", "RODRIGUEZ",
+    "MARTINEZ", "HERNANDEZ", "LOPEZ", "GONZALEZ", "WILSON", "ANDERSON", "THOMAS", "TAYLOR",
+    "MOORE", "JACKSON", "MARTIN", "LEE", "PEREZ", "THOMPSON", "WHITE", "HARRIS", "SANCHEZ",
+    "CLARK", "RAMIREZ", "LEWIS", "ROBINSON", "WALKER", "YOUNG", "ALLEN", "KING", "WRIGHT",
+    "SCOTT", "TORRES", "NGUYEN", "HILL", "FLORES", "GREEN", "ADAMS", "NELSON", "BAKER", "HALL",
+    "RIVERA", "CAMPBELL", "MITCHELL", "CARTER", "ROBERTS",
+)
+GIVEN_NAMES = ("JOHN", "MARY", "PETER", "ANNA", "PAUL", "LINDA", "MARK", "SARA", "LUKE", "EMMA")
+FIRST_DATE = datetime.date(2016, 1, 1)
+
+
+def study_date(study: int) -> datetime.date:
+    """The date of Q/R study number ``study``: spread over ten years, 37 days apart."""
+    return FIRST_DATE + datetime.timedelta(days=study * 37 % 3650)
+
+
+def vary_patient(ds: Any, study: int) -> None:
+    """Give Q/R study number ``study`` its patient (two studies each, 50 surnames) and date."""
+    patient = study // 2
+    surname = SURNAMES[patient % len(SURNAMES)]
+    given = GIVEN_NAMES[patient // len(SURNAMES) % len(GIVEN_NAMES)]
+    ds.PatientID = f"QR{patient:06d}"
+    ds.PatientName = f"{surname}^{given}"
+    ds.StudyDate = ds.SeriesDate = study_date(study).strftime("%Y%m%d")
+    ds.StudyDescription = f"Q/R study {study}"
 
 
 def generate(spec: SetSpec) -> DataSet:

@@ -47,6 +47,7 @@ log = logging.getLogger("appliance.dicom")
 P_DATA_TF = 0x04
 PDU_TYPES = range(0x01, 0x08)  # PS3.8 9.3.1: A-ASSOCIATE-RQ .. A-ABORT
 BUFFER = 256 * 1024  # bytes: the most read at once; larger first PDUs go to pynetdicom
+PDU_SLACK = 1024  # bytes tolerated over the negotiated maximum (some peers count headers)
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 NO_DATASET = 0x0101  # (0000,0800) CommandDataSetType: no dataset follows (PS3.7 E.1)
 COMMAND, LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
@@ -287,6 +288,13 @@ class Receiver:
             got += n
         _quickack(self.sock)
         pdu_type, _, length = _PDU_HEADER.unpack(self.header)
+        limit = self.dul.assoc.acceptor.maximum_length
+        if pdu_type == P_DATA_TF and limit and length > limit + PDU_SLACK:
+            # PS3.8 D.1: the peer agreed to our maximum; a larger PDU would be held in memory
+            log.error("P-DATA-TF of %d bytes exceeds the negotiated maximum %d", length, limit)
+            self.discard()
+            self.dul.event_queue.put("Evt19")
+            return
         body = PduBody(self.sock, length, self.buffer)
         if pdu_type == P_DATA_TF:
             if self.incoming is not None:
