@@ -16,10 +16,10 @@ import argparse
 import contextlib
 import datetime
 import itertools
-import re
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -957,6 +957,403 @@ def write_json(r: Results, text: str) -> Path:
     return save_json(body, "bench")
 
 
+# --- query/retrieve (issue 3) -----------------------------------------------------------------
+
+FIND_REPEATS = 20  # timed findscu runs per query and server
+RETRIEVE_REPEATS = 3  # timed movescu/getscu runs per server
+TOOL_TIMEOUT = 600.0
+DEST_AET = "BENCHDEST"
+LEVEL_UID = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+             "IMAGE": "SOPInstanceUID"}
+
+
+class MoveDest(Storescp):
+    """The C-MOVE destination: a storescp known to both servers as BENCHDEST."""
+
+    name = "movedest"
+    aet = DEST_AET
+
+
+def qr_specs(quick: bool) -> list[SetSpec]:
+    """The Q/R sets in storing order: the first 10 % of the fill (2 series of 50 per study),
+    the 500-instance study to retrieve (5 series of 100), then the other 90 %."""
+    first, rest = (5, 90) if quick else (95, 900)
+    return [SetSpec("qr10", first * 100, first, 2, 16, first_study=0),
+            SetSpec("qrmove", 500, 1, 5, 16, first_study=first),
+            SetSpec("qr90", rest * 100, rest, 2, 16, first_study=first + 1)]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One C-FIND: a label and findscu's ``-k`` keys (the first one names the level)."""
+
+    name: str
+    keys: tuple[str, ...]
+
+    @property
+    def uid_key(self) -> str:
+        """The unique key of the query's level, whose values identify the answers."""
+        return LEVEL_UID[self.keys[0].split("=", 1)[1]]
+
+
+def first_instance(data: DataSet) -> Any:
+    """The header of a set's first file (its first study and series)."""
+    from pydicom import dcmread
+
+    return dcmread(data.root / "part0" / "000000.dcm", stop_before_pixels=True)
+
+
+def qr_queries(ref: Any) -> list[Query]:
+    """The timed C-FINDs, around the reference instance ``ref`` (in the first 10 %)."""
+    start = datetime.datetime.strptime(ref.StudyDate, "%Y%m%d").date()
+    end = start + datetime.timedelta(days=59)
+    study, series = f"StudyInstanceUID={ref.StudyInstanceUID}", ref.SeriesInstanceUID
+    return [
+        Query("study, PatientName=SMITH*", ("QueryRetrieveLevel=STUDY", "PatientName=SMITH*",
+                                            "StudyInstanceUID")),
+        Query("study, StudyDate 60-day range",
+              ("QueryRetrieveLevel=STUDY", f"StudyDate={start:%Y%m%d}-{end:%Y%m%d}",
+               "PatientName", "StudyInstanceUID")),
+        Query("series of a study", ("QueryRetrieveLevel=SERIES", study, "SeriesInstanceUID",
+                                    "Modality", "SeriesNumber")),
+        Query("images of a 50-instance series",
+              ("QueryRetrieveLevel=IMAGE", study, f"SeriesInstanceUID={series}",
+               "SOPInstanceUID", "InstanceNumber")),
+        Query("study by exact StudyInstanceUID", ("QueryRetrieveLevel=STUDY", study,
+                                                  "PatientName", "StudyDate")),
+    ]
+
+
+def dcmtk(cmd: list[str]) -> float:
+    """Run a DCMTK tool with TCP_NODELAY=1; its wall time, process start included."""
+    started = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=NODELAY_ENV,
+                         stdin=subprocess.DEVNULL, timeout=TOOL_TIMEOUT)
+    elapsed = time.monotonic() - started
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith(("E:", "F:"))]
+    if out.returncode != 0 or errors:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... exited with {out.returncode}:\n"
+                           + "\n".join(out.stderr.splitlines()[-10:]))
+    return elapsed
+
+
+def scu(tool: str, server: Server, *args: str) -> list[str]:
+    """A DCMTK SCU command (study root) from BENCHSCU to ``server``."""
+    return [tool, "-S", "-aet", BENCH_AET, "-aec", server.aet, *args,
+            LOOPBACK, str(server.dicom_port)]
+
+
+def findscu(server: Server, query: Query, *args: str) -> list[str]:
+    return scu("findscu", server, *args, *itertools.chain.from_iterable(
+        ("-k", key) for key in query.keys))
+
+
+def answer_uids(lab: Lab, server: Server, query: Query) -> list[str]:
+    """The sorted unique keys of the server's answers (findscu -X: one file per answer)."""
+    from pydicom import dcmread
+
+    out = lab.folder("find")
+    try:
+        dcmtk(findscu(server, query, "-X", "-od", str(out)))
+        return sorted(str(dcmread(p).get(query.uid_key, "")) for p in out.glob("rsp*.dcm"))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@dataclass
+class FindTiming:
+    """Repeated runs of one C-FIND against one server at one fill."""
+
+    fill: int
+    query: str
+    server: str
+    answers: int
+    median_ms: float
+    samples_ms: list[float]
+
+
+def check_answers(lab: Lab, servers: list[Server], query: Query) -> int:
+    """The number of answers, once checked non-empty and the same on every server."""
+    answers = {s.name: answer_uids(lab, s, query) for s in servers}
+    first = next(iter(answers.values()))
+    if not first or any(a != first for a in answers.values()):
+        counts = ", ".join(f"{name} {len(a)}" for name, a in answers.items())
+        raise RuntimeError(f"{query.name}: empty or different answers ({counts})")
+    return len(first)
+
+
+def measure_find(lab: Lab, servers: list[Server], query: Query, fill: int
+                 ) -> list[FindTiming]:
+    """Check the answers, then time FIND_REPEATS findscu runs per server, alternating servers
+    so that background load hits both alike."""
+    answers = check_answers(lab, servers, query)
+    samples: dict[str, list[float]] = {s.name: [] for s in servers}
+    for _ in range(FIND_REPEATS):
+        for server in servers:
+            samples[server.name].append(1000 * dcmtk(findscu(server, query)))
+    timings = [FindTiming(fill, query.name, name, answers, statistics.median(ms), ms)
+               for name, ms in samples.items()]
+    print(f"  {query.name:34} {answers:5} answers: " + "  ".join(
+        f"{t.server} {t.median_ms:7.1f} ms" for t in timings), flush=True)
+    return timings
+
+
+@dataclass
+class RetrieveTiming:
+    """Repeated retrieves of the 500-instance study from one server."""
+
+    tool: str
+    server: str
+    instances: int
+    seconds: list[float]
+    rate: float  # instances/s at the median time
+
+
+def study_keys(study_uid: str) -> list[str]:
+    return ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
+
+
+def timed_move(server: Server, dest: Server, study_uid: str, expected: int) -> float:
+    """movescu of the study to BENCHDEST; checks that it received every instance."""
+    before = dest.count()
+    seconds = dcmtk(scu("movescu", server, "-aem", DEST_AET, *study_keys(study_uid)))
+    got = dest.count() - before
+    if got != expected:
+        raise RuntimeError(f"movescu from {server.name}: {got} instances moved, expected"
+                           f" {expected}")
+    return seconds
+
+
+def timed_get(lab: Lab, server: Server, study_uid: str, expected: int) -> float:
+    """getscu of the study into a fresh folder; checks that every instance arrived."""
+    out = lab.folder("get")
+    try:
+        seconds = dcmtk(scu("getscu", server, "-od", str(out), *study_keys(study_uid)))
+        got = sum(1 for _ in out.iterdir())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if got != expected:
+        raise RuntimeError(f"getscu from {server.name}: {got} instances, expected {expected}")
+    return seconds
+
+
+def measure_retrieve(tool: str, servers: list[Server], retrieve: Callable[[Server], float],
+                     instances: int) -> list[RetrieveTiming]:
+    """RETRIEVE_REPEATS timed retrieves per server, alternating servers."""
+    samples: dict[str, list[float]] = {s.name: [] for s in servers}
+    for _ in range(RETRIEVE_REPEATS):
+        for server in servers:
+            samples[server.name].append(retrieve(server))
+    timings = [RetrieveTiming(tool, name, instances, secs, instances / statistics.median(secs))
+               for name, secs in samples.items()]
+    print(f"  {tool:8} {instances} instances: " + "  ".join(
+        f"{t.server} {t.rate:7.1f} inst/s" for t in timings), flush=True)
+    return timings
+
+
+@dataclass
+class Prefill:
+    server: str
+    instances: int  # stored by this step
+    total: int  # held afterwards
+    rate: float
+
+
+def fill(server: Server, sets: list[DataSet], already: int) -> Prefill:
+    """Store ``sets`` into ``server``, 4 parallel storescu per set, and verify the count."""
+    files = sum(d.files for d in sets)
+    started = time.monotonic()
+    for data in sets:
+        send(server, data.parts())
+    verify(server, already + files)
+    step = Prefill(server.name, files, already + files, files / (time.monotonic() - started))
+    print(f"  {server.name:9} filled to {step.total} instances ({step.rate:.1f} inst/s)",
+          flush=True)
+    return step
+
+
+def qr_configs(dest_port: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Appliance and Orthanc settings making BENCHDEST (storescp) and BENCHSCU (the querying
+    SCU; C-GET answers on its own association, so nothing listens on its port) known."""
+    scu_port = free_ports(1)[0]
+    appliance = {"modalities": {
+        "dest": {"aet": DEST_AET, "host": LOOPBACK, "port": dest_port},
+        "scu": {"aet": BENCH_AET, "host": LOOPBACK, "port": scu_port}}}
+    orthanc = {"DicomModalities": {"dest": [DEST_AET, LOOPBACK, dest_port],
+                                   "scu": [BENCH_AET, LOOPBACK, scu_port]}}
+    return appliance, orthanc
+
+
+LOG_PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback|^[EWF]\d{4} ")
+
+
+def log_problems(server: Server) -> list[str]:
+    """The warning and error lines of a server's log (kept under bench-results/logs if any)."""
+    if not server.log_path.exists():
+        return []
+    lines = [f"{server.name}: {ln}" for ln in server.log_path.read_text(
+        errors="replace").splitlines() if LOG_PROBLEM.search(ln)]
+    if lines:
+        keep_log(server)
+    return lines
+
+
+@dataclass
+class QrResults:
+    machine: dict[str, str]
+    versions: dict[str, str]
+    quick: bool
+    sets: dict[str, dict[str, Any]]
+    fills: list[int]
+    loads: dict[str, str]
+    prefills: list[Prefill]
+    finds: list[FindTiming]
+    retrieves: list[RetrieveTiming]
+    log_problems: list[str]
+    errors: list[str]
+
+
+def measure_fill(lab: Lab, servers: list[Server], stage: list[DataSet], queries: list[Query],
+                 r: QrResults) -> None:
+    """Fill every server with ``stage``, then time every query at this fill."""
+    already = r.fills[-1] if r.fills else 0
+    r.prefills += [fill(server, stage, already) for server in servers]
+    r.fills.append(already + sum(d.files for d in stage))
+    r.loads[f"after filling {r.fills[-1]}"] = load_average()
+    print(f"C-FIND at {r.fills[-1]} instances (median of {FIND_REPEATS} runs):", flush=True)
+    for query in queries:
+        r.finds += attempt(r.errors, f"{query.name} at {r.fills[-1]}", measure_find, lab,
+                           servers, query, r.fills[-1]) or []
+
+
+def measure_retrieves(lab: Lab, servers: list[Server], dest: Server, study: DataSet,
+                      r: QrResults) -> None:
+    """movescu and getscu of the 500-instance study from every server."""
+    uid = str(first_instance(study).StudyInstanceUID)
+    print(f"retrieve of a {study.files}-instance study (median of {RETRIEVE_REPEATS} runs):",
+          flush=True)
+    r.retrieves += attempt(r.errors, "movescu", measure_retrieve, "movescu", servers,
+                           lambda s: timed_move(s, dest, uid, study.files), study.files) or []
+    r.retrieves += attempt(r.errors, "getscu", measure_retrieve, "getscu", servers,
+                           lambda s: timed_get(lab, s, uid, study.files), study.files) or []
+
+
+def run_qr(quick: bool, lab: Lab) -> QrResults:
+    """Fill the appliance and Orthanc to 10 %, time the C-FINDs, fill to 100 %, time them
+    again, then time the retrieves."""
+    first, move, rest = data = [generate(spec) for spec in qr_specs(quick)]
+    r = QrResults(machine_info(), versions(), quick,
+                  {d.name: {"files": d.files, "bytes": d.bytes} for d in data},
+                  [], {}, [], [], [], [], [])
+    queries = qr_queries(first_instance(first))
+    with contextlib.ExitStack() as stack:
+        dest = stack.enter_context(lab.running(MoveDest))
+        app_config, orthanc_config = qr_configs(dest.dicom_port)
+        servers = [stack.enter_context(lab.running(Appliance, app_config)),
+                   stack.enter_context(lab.running(Orthanc, orthanc_config))]
+        try:
+            for stage in ([first, move], [rest]):
+                print(f"filling with {', '.join(d.name for d in stage)} ...", flush=True)
+                measure_fill(lab, servers, stage, queries, r)
+            measure_retrieves(lab, servers, dest, move, r)
+        except FAILURES as exc:
+            r.errors.append(f"{type(exc).__name__}: {exc}")
+            print(f"  FAILED {r.errors[-1]}", flush=True)
+        for server in [*servers, dest]:
+            r.log_problems += log_problems(server)
+    return r
+
+
+# --- the query/retrieve report ----------------------------------------------------------------
+
+def find_ms(r: QrResults, fill: int, query: str, server: str) -> float | None:
+    return next((t.median_ms for t in r.finds
+                 if (t.fill, t.query, t.server) == (fill, query, server)), None)
+
+
+def retrieve_rate(r: QrResults, tool: str, server: str) -> float | None:
+    return next((t.rate for t in r.retrieves if (t.tool, t.server) == (tool, server)), None)
+
+
+def query_names(r: QrResults) -> list[str]:
+    return list(dict.fromkeys(t.query for t in r.finds))
+
+
+def qr_targets(r: QrResults) -> list[Target]:
+    full = r.fills[-1] if r.fills else 0
+    out = [Target(f"C-FIND appliance/Orthanc, {q}",
+                  ratio(find_ms(r, full, q, "appliance"), find_ms(r, full, q, "orthanc")),
+                  1.0, "x", False) for q in query_names(r)]
+    out += [Target(f"{tool} rate appliance/Orthanc",
+                   ratio(retrieve_rate(r, tool, "appliance"), retrieve_rate(r, tool, "orthanc")),
+                   1.0, "x", True) for tool in ("movescu", "getscu")]
+    return out
+
+
+def find_table(r: QrResults) -> list[str]:
+    """One row per query: answers, both medians and their ratio, at each fill."""
+    head = f"{'query':34} |" + "".join(
+        f" {f'at {n} instances':^37} |" for n in r.fills)
+    sub = f"{'':34} |" + f" {'answers':>7} {'appliance':>9} {'orthanc':>9} {'app/orth':>8} |" \
+        * len(r.fills)
+    lines = [head, sub, "-" * len(sub)]
+    for q in query_names(r):
+        cols = ""
+        for n in r.fills:
+            app, orth = find_ms(r, n, q, "appliance"), find_ms(r, n, q, "orthanc")
+            answers = next((t.answers for t in r.finds if (t.fill, t.query) == (n, q)), None)
+            cols += (f" {fmt(answers, 'd'):>7} {fmt(app):>9} {fmt(orth):>9}"
+                     f" {fmt(ratio(app, orth), '.2f') + 'x':>8} |")
+        lines.append(f"{q:34} |{cols}")
+    return lines
+
+
+def scaling_lines(r: QrResults) -> list[str]:
+    """How each server's exact-UID lookup latency changed from the first fill to the last."""
+    if len(r.fills) < 2:
+        return []
+    q = "study by exact StudyInstanceUID"
+    growth = {s: ratio(find_ms(r, r.fills[-1], q, s), find_ms(r, r.fills[0], q, s))
+              for s in ("appliance", "orthanc")}
+    parts = [f"{s} {fmt(g, '.2f')}x" for s, g in growth.items()]
+    return [f"exact-UID study lookup at {r.fills[-1]} / at {r.fills[0]} instances: "
+            + ", ".join(parts)]
+
+
+def qr_report(r: QrResults) -> str:
+    out = header("appliance Query/Retrieve benchmark", r.machine, r.versions, r.quick)
+    out += ["sets: " + ", ".join(f"{n} {s['files']} files / {s['bytes'] / MB:.1f} MB"
+                                 for n, s in r.sets.items())]
+    out += ["load average: " + "; ".join(f"{k} {v}" for k, v in r.loads.items())
+            + f"; at end {load_average()}"]
+    out += ["pre-fill (4 parallel storescu per set): " + "; ".join(
+        f"{p.server} to {p.total} at {p.rate:.1f} inst/s" for p in r.prefills)]
+    out += ["", f"C-FIND latency: median of {FIND_REPEATS} runs of DCMTK findscu -S (study root,"
+            " TCP_NODELAY=1), process start included, ms;", "  answers checked with findscu -X:"
+            " non-empty and the same unique keys from both servers"]
+    out += find_table(r) + scaling_lines(r)
+    out += ["", f"Retrieve of one study, instances/s at the median of {RETRIEVE_REPEATS} runs"
+            " (movescu to a DCMTK storescp; getscu -od into a folder)"]
+    for tool in ("movescu", "getscu"):
+        app, orth = retrieve_rate(r, tool, "appliance"), retrieve_rate(r, tool, "orthanc")
+        out.append(f"  {tool:8} appliance {fmt(app):>8}  orthanc {fmt(orth):>8}"
+                   f"  app/orth {fmt(ratio(app, orth), '.2f')}x")
+    out += ["", "Targets"] + [t.line() for t in qr_targets(r)]
+    if r.log_problems:
+        out += ["", f"Warnings and errors in the servers' logs ({len(r.log_problems)} lines,"
+                " first 20)"] + [f"  {ln}" for ln in r.log_problems[:20]]
+    if r.errors:
+        out += ["", "Failures (their cells show n/a)"] + [f"  {e}" for e in r.errors]
+    return "\n".join(out)
+
+
+def write_qr_json(r: QrResults, text: str) -> Path:
+    body = asdict(r)
+    body["targets"] = [{**asdict(t), "verdict": t.verdict} for t in qr_targets(r)]
+    body["report"] = text
+    return save_json(body, "bench-qr")
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -964,7 +1361,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sets", default="tiny,small,large",
                    help="comma-separated data sets (tiny, small, large)")
     p.add_argument("--quick", action="store_true",
-                   help="a tenth of the counts and one 100 MB large object")
+                   help="a tenth of the counts and one 100 MB large object (with --qr: 10,000"
+                        " instances instead of 100,000)")
+    p.add_argument("--qr", action="store_true",
+                   help="run only the Query/Retrieve part (issue 3): C-FIND latency and"
+                        " movescu/getscu rates against Orthanc, at 10 %% and 100 %% fill")
     args = p.parse_args(argv)
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = set(args.sets) - {"tiny", "small", "large"}
@@ -973,9 +1374,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def check_tools() -> None:
-    missing = [t for t in ("storescu", "storescp", ORTHANC, str(VENV_BIN / "appliance"))
-               if shutil.which(t) is None]
+def check_tools(qr: bool) -> None:
+    tools = ["storescu", "storescp", ORTHANC, str(VENV_BIN / "appliance")]
+    tools += ["findscu", "movescu", "getscu"] if qr else []
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         raise SystemExit(f"missing: {', '.join(missing)}")
 
@@ -986,19 +1388,27 @@ def on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_tools()
+    check_tools(args.qr)
     signal.signal(signal.SIGTERM, on_sigterm)
     lab = Lab()
     try:
-        results = run(args.sets, args.quick, lab)
+        if args.qr:
+            qr_results = run_qr(args.quick, lab)
+        else:
+            results = run(args.sets, args.quick, lab)
     except KeyboardInterrupt:
         print("interrupted: servers stopped, temporary files removed", file=sys.stderr)
         return 130
     finally:
         lab.close()
-    text = report(results)
+    if args.qr:
+        text = qr_report(qr_results)
+        path = write_qr_json(qr_results, text)
+    else:
+        text = report(results)
+        path = write_json(results, text)
     print(text)
-    print(f"\nresults: {write_json(results, text)}")
+    print(f"\nresults: {path}")
     return 0
 
 

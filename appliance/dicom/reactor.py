@@ -41,7 +41,7 @@ from pynetdicom.transport import (
     ThreadedAssociationServer,
 )
 
-WAIT = 0.1  # seconds: the longest a loop sleeps before looking at its timers again
+WAIT = 1.0  # seconds: the longest a loop sleeps before looking at its timers (ARTIM, idle)
 
 
 class NotifyingQueue(queue.Queue):  # type: ignore[type-arg]
