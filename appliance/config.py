@@ -26,7 +26,9 @@ class ConfigError(ValueError):
 def setting(default: Any, help: str, **kw: Any) -> Any:
     """A field with its documentation."""
     if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
-        factory = default.__class__ if dataclasses.is_dataclass(default) else default.copy
+        factory: Any = (
+            default.__class__ if dataclasses.is_dataclass(default) else default.copy
+        )
         return field(default_factory=factory, metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
@@ -144,7 +146,7 @@ def _check(path: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> An
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected an object, got {value!r}")
-        return build(tp, value, path)
+        return build(typing.cast(type, tp), value, path)
     if origin is Literal:
         if value not in typing.get_args(tp):
             choices = ", ".join(repr(a) for a in typing.get_args(tp))
@@ -174,7 +176,7 @@ def _scalar(path: str, value: Any, tp: type, meta: typing.Mapping[str, Any]) -> 
         raise ConfigError(f"{path}: {value!r} is below the minimum {meta['min']}")
     if "max" in meta and value > meta["max"]:
         raise ConfigError(f"{path}: {value!r} is above the maximum {meta['max']}")
-    if meta.get("check") == "aet" and not AE_TITLE.match(value.strip() or "!"):
+    if meta.get("check") == "aet" and not AE_TITLE.match(str(value).strip() or "!"):
         raise ConfigError(f"{path}: {value!r} is not a valid AE title (1-16 characters)")
     return value
 

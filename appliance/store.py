@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from peewee import SqliteDatabase
 from pydicom import config as pydicom_config
@@ -64,7 +64,7 @@ class Store:
         self.writer.stop()
         self.db.close()
 
-    def temp_file(self, suffix: str = ".dcm") -> BinaryIO:
+    def temp_file(self, suffix: str = ".dcm") -> IO[bytes]:
         """A new file in the area's temporary folder (same filesystem: renames are atomic)."""
         return tempfile.NamedTemporaryFile(dir=self.area.tmp, suffix=suffix, delete=False)
 

@@ -422,11 +422,13 @@ class Storescp(Server):
     name = "storescp"
     aet = "STORESCP"
     concurrent = False  # without --fork: one association at a time
+    options: tuple[str, ...] = ()
 
     def command(self) -> list[str]:
         out = self.workdir / "received"
         out.mkdir()
-        return ["storescp", "--aetitle", self.aet, "-od", str(out), str(self.dicom_port)]
+        return ["storescp", "--aetitle", self.aet, *self.options, "-od", str(out),
+                str(self.dicom_port)]
 
     def count(self) -> int:
         return sum(len(files) for _, _, files in os.walk(self.workdir / "received"))
@@ -972,6 +974,7 @@ class MoveDest(Storescp):
 
     name = "movedest"
     aet = DEST_AET
+    options = ("+uf",)  # unique file names: every retrieve of the same study adds files
 
 
 def qr_specs(quick: bool) -> list[SetSpec]:
@@ -1184,7 +1187,7 @@ def qr_configs(dest_port: int) -> tuple[dict[str, Any], dict[str, Any]]:
     return appliance, orthanc
 
 
-LOG_PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback|^[EWF]\d{4} ")
+LOG_PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback|^[EF]\d{4} ")  # Orthanc: E, F
 
 
 def log_problems(server: Server) -> list[str]:

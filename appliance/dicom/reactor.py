@@ -28,7 +28,7 @@ import socket
 import threading
 from collections.abc import Callable
 from copy import deepcopy
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
@@ -309,7 +309,7 @@ class EventRequestHandler(RequestHandler):
             if event.is_intervention and bound:
                 assoc.bind(event, *bound)
             elif isinstance(event, evt.NotificationEvent):
-                for handler, args in bound:
+                for handler, args in cast(list[tuple[Callable[..., Any], Any]], bound):
                     assoc.bind(event, handler, args)
         return assoc
 

@@ -7,11 +7,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts, build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ..config import Config
 from ..store import Store
@@ -71,11 +72,9 @@ def build_ae(config: Config) -> AE:
     ae.require_called_aet = settings.check_called_aet
     apply_calling_policy(ae, config)
     contexts = [build_context(Verification, TRANSFER_SYNTAXES[:3])]
-    contexts += [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES) for cx in
-                 AllStoragePresentationContexts]
     contexts += [build_context(uid, TRANSFER_SYNTAXES[:3]) for uid in qr.QR_CONTEXTS]
     ae.supported_contexts = contexts
-    for uid in [cx.abstract_syntax for cx in AllStoragePresentationContexts]:
+    for uid in [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]:
         # PS3.4 C.4.3: for C-GET the requestor proposes the SCP role for storage: accept it
         ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     return ae
@@ -97,7 +96,7 @@ class DicomServer:
         configure_pynetdicom(config, store.area.tmp)
         self.config = config
         self.ae = build_ae(config)
-        handlers_list = [
+        handlers_list: list[Any] = [
             (evt.EVT_C_ECHO, handlers.handle_echo),
             (evt.EVT_C_STORE, handlers.handle_store, [store]),
             (evt.EVT_C_FIND, qr.handle_find, [config, store]),

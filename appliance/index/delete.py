@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from peewee import fn
 
 from .ingest import forget_parents
-from .models import Change, Instance, Patient, Series, Study
+from .models import Change, Instance, Patient, Series, Study, tuples
 
 
 def delete_instances(keys: Iterable[int], reason: str) -> list[str]:
@@ -20,10 +21,9 @@ def delete_instances(keys: Iterable[int], reason: str) -> list[str]:
     """
     now = time.time()
     keys = list(keys)
-    rows = list(
+    rows = tuples(
         Instance.select(Instance.id, Instance.public_id, Instance.file, Instance.series)
         .where(Instance.id.in_(keys))
-        .tuples()
     )
     if not rows:
         return []
@@ -36,7 +36,7 @@ def delete_instances(keys: Iterable[int], reason: str) -> list[str]:
     return [r[2] for r in rows]
 
 
-def _prune(model: type, child_fk: object, keys: set[int], resource: str, now: float,
+def _prune(model: Any, child_fk: Any, keys: set[int], resource: str, now: float,
            reason: str) -> None:
     """Delete the rows of ``model`` among ``keys`` that have no child left, then their parents."""
     child_model = child_fk.model  # type: ignore[attr-defined]

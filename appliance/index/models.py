@@ -105,4 +105,9 @@ class Change(BaseModel):
     reason = CharField(default="", constraints=[EMPTY])
 
 
+def tuples(query: Any) -> list[tuple[Any, ...]]:
+    """A query's rows as tuples (peewee's typing calls them model instances)."""
+    return list(query.tuples())
+
+
 MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change]

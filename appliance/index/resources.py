@@ -8,13 +8,13 @@ from typing import Any
 
 from peewee import JOIN, fn
 
-from .models import BaseModel, Instance, Patient, Series, Study
+from .models import Instance, Patient, Series, Study
 
 
 @dataclass(frozen=True)
 class Level:
     name: str  # Orthanc's "Type"
-    model: type[BaseModel]
+    model: Any
     parent_field: Any  # foreign key to the parent level, or None
     children_key: str | None  # the key of the children list in the JSON
     parent_key: str | None
@@ -41,19 +41,19 @@ def list_ids(level: str, since: int = 0, limit: int | None = None) -> list[str]:
     return [pid for (pid,) in query.tuples()]
 
 
-def find(level: str, public_id: str) -> BaseModel | None:
+def find(level: str, public_id: str) -> Any:
     model = LEVELS[level].model
     return model.get_or_none(model.public_id == public_id)
 
 
-def _children(level: str, row: BaseModel) -> list[str]:
+def _children(level: str, row: Any) -> list[str]:
     child = LEVELS[CHILD[level]]
     model = child.model
     query = model.select(model.public_id).where(child.parent_field == row.id).order_by(model.id)
     return [pid for (pid,) in query.tuples()]
 
 
-def _parent_id(level: str, row: BaseModel) -> str | None:
+def _parent_id(level: str, row: Any) -> str | None:
     spec = LEVELS[level]
     if spec.parent_field is None:
         return None
@@ -62,7 +62,7 @@ def _parent_id(level: str, row: BaseModel) -> str | None:
     return str(parent_model.select(parent_model.public_id).where(parent_model.id == fk).scalar())
 
 
-def to_json(level: str, row: BaseModel, stable_age: float) -> dict[str, Any]:
+def to_json(level: str, row: Any, stable_age: float) -> dict[str, Any]:
     """One resource as Orthanc shows it."""
     spec = LEVELS[level]
     out: dict[str, Any] = {
@@ -98,7 +98,7 @@ def to_json(level: str, row: BaseModel, stable_age: float) -> dict[str, Any]:
     return out
 
 
-def _index_in_series(row: Instance) -> int | None:
+def _index_in_series(row: Any) -> int | None:
     number = row.tags.get("InstanceNumber", "")
     try:
         return int(number)
@@ -120,7 +120,7 @@ def statistics() -> dict[str, Any]:
     }
 
 
-def resource_statistics(level: str, row: BaseModel) -> dict[str, Any]:
+def resource_statistics(level: str, row: Any) -> dict[str, Any]:
     """Counts and sizes below one resource (``/{level}/{id}/statistics``)."""
     query = Instance.select(fn.COUNT(Instance.id), fn.COALESCE(fn.SUM(Instance.size), 0))
     query = query.join(Series, JOIN.INNER, on=Instance.series == Series.id)

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -48,7 +48,7 @@ UNDEFINED = 0xFFFFFFFF
 LONG_VRS = {vr.encode() for vr in "OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()}
 
 KEYWORD_TAGS: dict[str, BaseTag] = {
-    k: Tag(tag_for_keyword(k))
+    k: Tag(k)
     for k in PATIENT_TAGS + STUDY_TAGS + SERIES_TAGS + INSTANCE_TAGS + OTHER_TAGS
 }
 WANTED: list[BaseTag] = list(KEYWORD_TAGS.values())

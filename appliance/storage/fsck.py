@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..index.models import Instance
+from ..index.models import Instance, tuples
 from ..index.tags import BadInstance
 from ..store import Store
 from .area import md5_file
@@ -55,9 +55,9 @@ def reconcile(store: Store, repair: bool, verify: bool = False) -> Report:
     report.temp_files = area.clean_tmp() if repair else len(area.temp_files())
     indexed = {
         name: (public_id, md5)
-        for name, public_id, md5 in Instance.select(
-            Instance.file, Instance.public_id, Instance.md5
-        ).tuples()
+        for name, public_id, md5 in tuples(
+            Instance.select(Instance.file, Instance.public_id, Instance.md5)
+        )
     }
     on_disk = set(area.names())
     report.orphan_files = sorted(on_disk - indexed.keys())
@@ -71,8 +71,9 @@ def reconcile(store: Store, repair: bool, verify: bool = False) -> Report:
     if repair:
         _adopt_orphans(store, report)
         if missing:
-            keys = [k for (k,) in Instance.select(Instance.id)
-                    .where(Instance.file.in_(missing)).tuples()]
+            keys = [k for (k,) in tuples(
+                Instance.select(Instance.id).where(Instance.file.in_(missing))
+            )]
             store.delete(keys, reason="file missing at reconciliation")
     for line in report.lines():
         log.log(logging.INFO if report.clean else logging.WARNING, "reconcile: %s", line)
