@@ -549,3 +549,33 @@ def test_sigterm_during_send(appliance: ApplianceProcess, tmp_path: Path) -> Non
     if rest:
         storescu(app, *rest)
     assert app.statistics()["CountInstances"] == 300
+
+
+@pytest.mark.parametrize("accept", [False, True], ids=["default", "accept-unknown"])
+def test_unknown_sop_class(appliance_factory: Any, tmp_path: Path, accept: bool) -> None:
+    """A storage SOP class pynetdicom does not know is refused by default, stored if asked."""
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    private_class = "1.2.826.0.1.3680043.8.498.999.1"
+    (path,) = make_series(tmp_path / "unknown", 1)
+    ds = dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = private_class
+    ds.save_as(path, enforce_file_format=True)
+    app = appliance_factory(config={"dicom": {"accept_unknown_sop_classes": accept}}).start()
+    ae = AE(ae_title="PRIVATE")
+    ae.add_requested_context(private_class, [str(ds.file_meta.TransferSyntaxUID)])
+    assoc = ae.associate("127.0.0.1", app.dicom_port, ae_title=app.aet)
+    try:
+        if not accept:
+            assert not assoc.is_established or not assoc.accepted_contexts
+            assert app.statistics()["CountInstances"] == 0
+            return
+        assert assoc.is_established and assoc.accepted_contexts
+        status = assoc.send_c_store(ds)
+        assert status.Status == 0x0000
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    stored = expand(app, "instances")
+    assert [i["SOPClassUID"] for i in stored] == [private_class]
