@@ -27,7 +27,6 @@ import select
 import socket
 import threading
 from collections.abc import Callable
-from copy import deepcopy
 from typing import Any, Protocol, cast
 
 from pynetdicom import evt
@@ -202,6 +201,19 @@ class EventDUL(DULServiceProvider):
             self._kill_thread = True
 
 
+class Checkpoint(threading.Event):
+    """pynetdicom's reactor checkpoint, which also wakes the reactor when cleared: the SCU
+    methods (``send_c_store``...) clear it and then wait for the reactor to pause there."""
+
+    def __init__(self, activity: threading.Event) -> None:
+        super().__init__()
+        self._activity = activity
+
+    def clear(self) -> None:
+        super().clear()
+        self._activity.set()
+
+
 class EventAssociation(Association):
     """An association whose reactor waits on an ``Event`` instead of polling every 1 ms."""
 
@@ -210,6 +222,9 @@ class EventAssociation(Association):
         self._activity = threading.Event()
         self.dul = EventDUL(self, self._activity, receiver)
         self.dimse.msg_queue = NotifyingQueue(self._activity.set)
+        checkpoint = Checkpoint(self._activity)
+        checkpoint.set()
+        self._reactor_checkpoint = checkpoint
 
     def kill(self) -> None:
         self._activity.set()
@@ -303,7 +318,9 @@ class EventRequestHandler(RequestHandler):
         acceptor.address_info = self.local
         acceptor.implementation_class_uid = self.ae.implementation_class_uid
         acceptor.implementation_version_name = self.ae.implementation_version_name
-        acceptor.supported_contexts = deepcopy(server.contexts)
+        # pynetdicom deep-copies the ~180 contexts here (~25 ms per association); its acceptor
+        # negotiation only reads them, so the server's list is shared
+        acceptor.supported_contexts = server.contexts
         assoc.requestor.address_info = self.remote
         for event, bound in server._handlers.items():
             if event.is_intervention and bound:
@@ -312,6 +329,14 @@ class EventRequestHandler(RequestHandler):
                 for handler, args in cast(list[tuple[Callable[..., Any], Any]], bound):
                     assoc.bind(event, handler, args)
         return assoc
+
+
+def use_for_requests() -> None:
+    """Make ``AE.associate`` build event-driven associations too (outgoing C-STORE, C-FIND...):
+    pynetdicom's ``AE`` names the class in its module, with no other way to choose it."""
+    import pynetdicom.ae
+
+    pynetdicom.ae.Association = EventAssociation  # type: ignore[misc]
 
 
 class EventServer(ThreadedAssociationServer):

@@ -16,7 +16,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ..config import Config
 from ..store import Store
-from . import faststore, handlers, qr, retrieve
+from . import faststore, handlers, qr, reactor, retrieve
 from .reactor import EventRequestHandler, EventServer
 
 log = logging.getLogger("appliance.dicom")
@@ -55,6 +55,7 @@ def configure_pynetdicom(config: Config, spool_dir: Path) -> None:
     """
     tempfile.tempdir = str(spool_dir)
     _config.STORE_RECV_CHUNKED_DATASET = True
+    reactor.use_for_requests()
     _config.UNRESTRICTED_STORAGE_SERVICE = config.dicom.accept_unknown_sop_classes
     _config.LOG_HANDLER_LEVEL = "none"
     _config.STORE_SEND_CHUNKED_DATASET = True  # C-MOVE/C-GET send stored files as they are

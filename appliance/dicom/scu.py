@@ -30,6 +30,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from ..config import DicomSettings, Modality
+from .reactor import tune_socket
 
 log = logging.getLogger("appliance.dicom.scu")
 
@@ -104,6 +105,9 @@ class StoreSession:
             raise AssociationFailed(
                 f"association with {modality.aet}@{modality.host}:{modality.port} failed"
             )
+        if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
+            # without it each C-STORE waits for the peer's delayed ACK (~40 ms)
+            tune_socket(assoc.dul.socket.socket)
         return cls(assoc, originator)
 
     @property
