@@ -1284,10 +1284,10 @@ def query_names(r: QrResults) -> list[str]:
 
 def qr_targets(r: QrResults) -> list[Target]:
     full = r.fills[-1] if r.fills else 0
-    out = [Target(f"C-FIND appliance/Orthanc, {q}",
+    out = [Target(f"C-FIND {q} (app/orth)",
                   ratio(find_ms(r, full, q, "appliance"), find_ms(r, full, q, "orthanc")),
                   1.0, "x", False) for q in query_names(r)]
-    out += [Target(f"{tool} rate appliance/Orthanc",
+    out += [Target(f"{tool} rate (app/orth)",
                    ratio(retrieve_rate(r, tool, "appliance"), retrieve_rate(r, tool, "orthanc")),
                    1.0, "x", True) for tool in ("movescu", "getscu")]
     return out
