@@ -239,6 +239,10 @@ class EventAssociation(Association):
             self._is_paused = True
             self._reactor_checkpoint.wait()
             self._is_paused = False
+            if not self._reactor_checkpoint.is_set():
+                # An SCU call (send_c_store...) took the floor again as we woke, and may have
+                # seen us still paused: pause again before touching its response.
+                continue
 
             context_id, msg = self.dimse.get_msg(block=False)
             if msg:
