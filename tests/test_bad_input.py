@@ -378,3 +378,31 @@ def test_garbage_in_parallel_with_a_good_series(app: ApplianceProcess, tmp_path:
     wait_for(lambda: not temp_files(app), 30, "an empty tmp/")
     stored = {i["MainDicomTags"]["SOPInstanceUID"] for i in app.json("/instances?expand")}
     assert stored == {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in series}
+
+
+@pytest.mark.parametrize("pdu_type", [0x01, 0x04], ids=["a-associate-rq", "p-data-tf"])
+def test_oversized_pdu_is_refused_unread(appliance: ApplianceProcess, pdu_type: int) -> None:
+    """A PDU announcing 1 GB is refused before it is read: memory stays flat, others are served."""
+    import socket as socketlib
+    import struct
+
+    proc = appliance.proc
+    assert proc is not None
+    before = vm_hwm_kib(proc.pid)
+    with socketlib.create_connection(("127.0.0.1", appliance.dicom_port), timeout=30) as sock:
+        sock.sendall(struct.pack(">BBI", pdu_type, 0, 1 << 30))
+        chunk = bytes(1 << 20)
+        try:
+            for _ in range(200):  # 200 MB, unless the appliance closes the connection first
+                sock.sendall(chunk)
+        except OSError:
+            pass  # closed by the appliance: what we want
+    assert vm_hwm_kib(proc.pid) - before < 64 * 1024, "the oversized PDU was held in memory"
+    dcmtk("echoscu", "-aec", appliance.aet, "127.0.0.1", str(appliance.dicom_port))
+
+
+def vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")

@@ -25,6 +25,7 @@ import os
 import queue
 import select
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol, cast
@@ -40,6 +41,7 @@ from pynetdicom.transport import (
     ThreadedAssociationServer,
 )
 
+MAX_CONTROL_PDU = 1 << 20  # bytes: A-ASSOCIATE and friends are a few KB
 WAIT = 1.0  # seconds: the longest a loop sleeps before looking at its timers (ARTIM, idle)
 
 
@@ -124,13 +126,37 @@ class EventDUL(DULServiceProvider):
 
     def _read_pdu_data(self) -> None:
         """Read a PDU: through the receiver while the association is established (Sta6)."""
-        if self.receiver is None:
-            super()._read_pdu_data()
-        elif self.state_machine.current_state == "Sta6":
+        if self.receiver is not None and self.state_machine.current_state == "Sta6":
             self.receiver.read_pdu()
-        else:
+            return
+        if self.receiver is not None:
             self.receiver.discard()
+        if not self._oversized():
             super()._read_pdu_data()
+
+    def _oversized(self) -> bool:
+        """Close the connection, before reading it, on a PDU longer than any a conforming peer
+        sends (pynetdicom would hold it whole in memory): association-control PDUs are a few
+        KB, and P-DATA is bounded by the maximum we announced (PS3.8 9.3, D.1)."""
+        transport = self.socket
+        if transport is None or transport.socket is None:
+            return False
+        try:
+            head = transport.socket.recv(6, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        if len(head) < 6:
+            return False
+        pdu_type, _, length = struct.unpack(">BBI", head)
+        mine = self.assoc.acceptor if self.assoc.is_acceptor else self.assoc.requestor
+        limit = (mine.maximum_length + 1024 if mine.maximum_length else None) \
+            if pdu_type == 0x04 else MAX_CONTROL_PDU
+        if limit is None or length <= limit:
+            return False
+        LOGGER.error("PDU type 0x%02X of %d bytes refused: the connection is closed",
+                     pdu_type, length)
+        transport.close()
+        return True
 
     def hand_over(self, data: bytearray) -> None:
         """Give pynetdicom a whole PDU read from the socket: the end of its ``_read_pdu_data``
