@@ -10,12 +10,10 @@ then may a caller report success.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 from peewee import SqliteDatabase
 from pydicom import config as pydicom_config
@@ -64,10 +62,6 @@ class Store:
         self.writer.stop()
         self.db.close()
 
-    def temp_file(self, suffix: str = ".dcm") -> IO[bytes]:
-        """A new file in the area's temporary folder (same filesystem: renames are atomic)."""
-        return tempfile.NamedTemporaryFile(dir=self.area.tmp, suffix=suffix, delete=False)
-
     def receive(self, tmp_path: Path, origin: Origin, expected: Expected | None = None) -> Recorded:
         """Make the received file ``tmp_path`` a durable, indexed instance (or raise
         ``BadInstance``). The file is consumed either way."""
@@ -106,13 +100,6 @@ class Store:
                 self.area.remove(obsolete)
         self._log_recorded(recorded, tags, origin)
         return recorded
-
-    def receive_stream(self, stream: BinaryIO, origin: Origin) -> Recorded:
-        """Receive a Part 10 file from a stream (uploads, re-indexing)."""
-        with self.temp_file() as f:
-            shutil.copyfileobj(stream, f, 1 << 20)
-            path = Path(f.name)
-        return self.receive(path, origin)
 
     def delete(self, instance_keys: list[int], reason: str) -> int:
         files = self.writer.run(lambda: delete_instances(instance_keys, reason))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -87,9 +86,6 @@ class Writer:
         self.max_batch = max_batch
         self._queue: queue.Queue[Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
-        self.heartbeat = time.monotonic()
-        self.batches = 0
-        self.committed = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -129,7 +125,6 @@ class Writer:
             batch, stop = self._take_batch()
             if batch:
                 self._commit(batch)
-            self.heartbeat = time.monotonic()
             if stop:
                 break
         self.db.close()
@@ -153,8 +148,6 @@ class Writer:
             for _, fut, _ in batch:
                 fut.set_exception(exc)
             return
-        self.batches += 1
-        self.committed += len(batch)
         for fut, value, error in results:
             if error is not None:
                 fut.set_exception(error)
