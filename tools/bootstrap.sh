@@ -19,8 +19,8 @@ apt_install() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     echo "bootstrap: installing ${missing[*]}" >&2
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    as_root apt-get -o DPkg::Lock::Timeout=900 update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >&2
     # Debian starts the orthanc service on install; tests run their own instances.
     if printf '%s\n' "${missing[@]}" | grep -qx orthanc; then
         as_root systemctl disable --now orthanc >/dev/null 2>&1 || as_root service orthanc stop >/dev/null 2>&1 || true
