@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, log
-from .config import Config, ConfigError, describe, load, to_dict
+from .config import Config, ConfigError, describe, to_dict
+from .configstore import ConfigStore
 
 logger = logging.getLogger("appliance")
 
@@ -31,16 +32,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _configs(args: argparse.Namespace) -> ConfigStore:
+    """The file, the settings saved at run time (modalities, routes...), then the flags."""
+    return ConfigStore.open(Path(args.config) if args.config else None, _overrides(args))
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return load(Path(args.config) if args.config else None, _overrides(args))
+    return _configs(args).current
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .runtime import serve
 
-    config = _config(args)
-    log.setup(config.log.level)
-    return serve(config)
+    configs = _configs(args)
+    log.setup(configs.current.log.level)
+    return serve(configs)
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:

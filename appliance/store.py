@@ -10,7 +10,7 @@ then may a caller report success.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,9 +24,10 @@ from pydicom.tag import BaseTag, Tag
 from .config import Config
 from .index.db import Writer, open_database
 from .index.delete import delete_instances
-from .index.ingest import FileInfo, Origin, Recorded, forget_parents, record_instance
+from .index.ingest import FileInfo, Origin, Queued, Recorded, forget_parents, record_instance
 from .index.models import Instance
 from .index.tags import BadInstance, InstanceTags, read_instance_tags
+from .routing.rules import Rules
 from .storage.area import StorageArea, md5_file
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,17 @@ class Store:
             self.db, self.area.flush, config.storage.commit_batch, on_rollback=forget_parents
         )
         self.log_patients = config.log.patient_data
+        self.rules = Rules(config)  # replaced when the configuration changes
+        # told which destinations have new pending entries (after their commit)
+        self.on_queued: Callable[[set[str]], None] = lambda destinations: None
 
     def start(self) -> None:
         self.writer.start()
+
+    def reconfigure(self, config: Config) -> None:
+        """A new configuration: the routes and store settings apply to the next instance."""
+        self.config = config
+        self.rules = Rules(config)
 
     def stop(self) -> None:
         self.writer.stop()
@@ -64,24 +73,31 @@ class Store:
 
     def receive(self, tmp_path: Path, origin: Origin, expected: Expected | None = None) -> Recorded:
         """Make the received file ``tmp_path`` a durable, indexed instance (or raise
-        ``BadInstance``). The file is consumed either way."""
+        ``BadInstance``), queued for the destinations its routes name. The file is consumed
+        either way."""
         try:
             tags = read_instance_tags(tmp_path)
             if expected is not None:
                 check_expected(tags, expected)
             info = FileInfo("", tmp_path.stat().st_size, md5_file(tmp_path))
+            planned = self.rules.match(tags, origin, tmp_path)
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
         name = self.area.adopt(tmp_path)
         overwrite = self.config.storage.duplicates == "overwrite"
+        queued = [(p.route, p.destination, p.trigger) for p in planned]
         try:
-            return self._record(
-                tags, FileInfo(name, info.size, info.md5), origin, overwrite, True
+            recorded = self._record(
+                tags, FileInfo(name, info.size, info.md5), origin, overwrite, True, queued
             )
         except BaseException:
             self.area.remove(name)  # never acknowledged: the file must not stay
             raise
+        now = {p.destination for p in planned if p.trigger == "instance"}
+        if now and recorded.outcome != "kept-first":
+            self.on_queued(now)
+        return recorded
 
     def adopt(self, name: str) -> Recorded:
         """Index a blob already in the area that has no row (reconciliation, re-indexing)."""
@@ -91,9 +107,9 @@ class Store:
         return self._record(tags, info, Origin(kind="Reindex"), False, False)
 
     def _record(self, tags: InstanceTags, info: FileInfo, origin: Origin, overwrite: bool,
-                new_file: bool) -> Recorded:
+                new_file: bool, queued: Sequence[Queued] = ()) -> Recorded:
         recorded = self.writer.submit(
-            lambda: record_instance(tags, info, origin, overwrite), new_file
+            lambda: record_instance(tags, info, origin, overwrite, queued), new_file
         ).result()
         for obsolete in (recorded.unused_file, recorded.replaced_file):
             if obsolete:

@@ -35,7 +35,7 @@ PRAGMAS = {
     "wal_autocheckpoint": 4000,
 }
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def open_database(path: Path) -> SqliteDatabase:
@@ -54,11 +54,11 @@ def migrate(db: SqliteDatabase) -> None:
         raise RuntimeError(
             f"index schema {version} is newer than this software ({SCHEMA_VERSION})"
         )
-    if version < 1:
+    if version < SCHEMA_VERSION:
         with db.atomic():
-            db.create_tables(MODELS)
-            db.execute_sql("PRAGMA user_version = 1")
-        log.info("index created (schema %d)", SCHEMA_VERSION)
+            db.create_tables(MODELS)  # safe=True: only the tables a version added are new
+            db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        log.info("index schema %d -> %d", version, SCHEMA_VERSION)
 
 
 Job = Callable[[], Any]

@@ -8,7 +8,7 @@ from typing import Any
 
 from peewee import JOIN, fn
 
-from .models import Instance, Patient, Series, Study
+from .models import Instance, Patient, Series, Study, tuples
 
 
 @dataclass(frozen=True)
@@ -129,3 +129,20 @@ def resource_statistics(level: str, row: Any) -> dict[str, Any]:
            "instances": Instance.id}[level]
     count, size = query.where(key == row.id).tuples().first()
     return {"CountInstances": count, "DiskSize": str(size), "DiskSizeMB": size // (1024 * 1024)}
+
+
+def instance_keys(level: str, public_id: str) -> list[int] | None:
+    """The keys of every instance under a resource (None: no such resource)."""
+    row = find(level, public_id)
+    if row is None:
+        return None
+    query = Instance.select(Instance.id)
+    if level == "instances":
+        return [row.id]
+    query = query.join(Series)
+    if level == "series":
+        query = query.where(Series.id == row.id)
+    else:
+        query = query.join(Study)
+        query = query.where(Study.id == row.id if level == "studies" else Study.patient == row.id)
+    return [key for (key,) in tuples(query.order_by(Instance.id))]
