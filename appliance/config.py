@@ -134,6 +134,33 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class QuotaSettings:
+    """Limits of the rotating store (0: no limit). The oldest unprotected, fully delivered data
+    is recycled to stay under them; when nothing can be, new instances are refused."""
+
+    max_storage_mb: float = setting(0.0, "most megabytes of stored files", min=0)
+    max_patients: int = setting(0, "most patients", min=0)
+    max_studies: int = setting(0, "most studies", min=0)
+    free_low_mb: float = setting(
+        0.0, "free space on the data filesystem below which recycling starts (and, when "
+        "nothing can be recycled, new instances are refused)", min=0
+    )
+    free_high_mb: float = setting(
+        0.0, "free space recycling restores once started (at least free_low_mb)", min=0
+    )
+    retention_days: float = setting(
+        0.0, "delete studies received more than this many days ago", min=0
+    )
+    retention_days_by_modality: dict[str, float] = setting(
+        {}, "retention of the studies that have a series of these modalities (days)"
+    )
+    granularity: Literal["study", "patient"] = setting("study", "what is recycled at once")
+    check_interval: float = setting(
+        60.0, "seconds between background checks (retention, free space)", min=0.1
+    )
+
+
+@dataclass(frozen=True)
 class QueueSettings:
     batch: int = setting(64, "most instances a destination worker sends per batch", min=1)
     linger: float = setting(
@@ -177,6 +204,7 @@ class Config:
     modalities: dict[str, Modality] = setting({}, "known remote nodes, by name")
     routes: dict[str, Route] = setting({}, "routing rules, by name")
     queue: QueueSettings = setting(QueueSettings(), "the outbound queue")
+    quota: QuotaSettings = setting(QuotaSettings(), "the rotating storage quota")
 
     @property
     def data_dir(self) -> Path:

@@ -62,6 +62,7 @@ class Appliance:
         systemd we are ready."""
         self.store.start()
         reconcile(self.store, repair=True)
+        self.store.governor.start()
         self.dispatcher.start()
         self.dicom = DicomServer(self.configs, self.store)
         routing = Routing(self.configs, self.store, self.dispatcher)

@@ -22,13 +22,17 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from .config import Config
+from .index import resources
 from .index.db import Writer, open_database
-from .index.delete import delete_instances
+from .index.delete import delete_instances, emptied
+from .index.ids import public_ids
 from .index.ingest import FileInfo, Origin, Queued, Recorded, forget_parents, record_instance
 from .index.models import Instance
+from .index.quota import set_protected
 from .index.tags import BadInstance, InstanceTags, read_instance_tags
-from .routing.rules import Rules
+from .routing.rules import Planned, Rules
 from .storage.area import StorageArea, md5_file
+from .storage.governor import Governor
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ class Store:
         )
         self.log_patients = config.log.patient_data
         self.rules = Rules(config)  # replaced when the configuration changes
+        self.governor = Governor(root, lambda: self.config.quota, self.delete)
         # told which destinations have new pending entries (after their commit)
         self.on_queued: Callable[[set[str]], None] = lambda destinations: None
 
@@ -68,6 +73,7 @@ class Store:
         self.rules = Rules(config)
 
     def stop(self) -> None:
+        self.governor.stop()
         self.writer.stop()
         self.db.close()
 
@@ -81,23 +87,35 @@ class Store:
                 check_expected(tags, expected)
             info = FileInfo("", tmp_path.stat().st_size, md5_file(tmp_path))
             planned = self.rules.match(tags, origin, tmp_path)
+            ids = public_ids(tags.patient_id, tags.study_uid, tags.series_uid, tags.sop_uid)
+            reserved = self.governor.admit(info.size, ids.study, ids.patient)
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
+        recorded = None
+        try:
+            recorded = self._store_file(tmp_path, tags, info, origin, planned)
+        finally:
+            if reserved:
+                self.governor.settle(info.size, recorded is not None
+                                     and recorded.outcome == "stored")
+        now = {p.destination for p in planned if p.trigger == "instance"}
+        if now and recorded.outcome != "kept-first":
+            self.on_queued(now)
+        return recorded
+
+    def _store_file(self, tmp_path: Path, tags: InstanceTags, info: FileInfo, origin: Origin,
+                    planned: list[Planned]) -> Recorded:
         name = self.area.adopt(tmp_path)
         overwrite = self.config.storage.duplicates == "overwrite"
         queued = [(p.route, p.destination, p.trigger) for p in planned]
         try:
-            recorded = self._record(
+            return self._record(
                 tags, FileInfo(name, info.size, info.md5), origin, overwrite, True, queued
             )
         except BaseException:
             self.area.remove(name)  # never acknowledged: the file must not stay
             raise
-        now = {p.destination for p in planned if p.trigger == "instance"}
-        if now and recorded.outcome != "kept-first":
-            self.on_queued(now)
-        return recorded
 
     def adopt(self, name: str) -> Recorded:
         """Index a blob already in the area that has no row (reconciliation, re-indexing)."""
@@ -117,11 +135,29 @@ class Store:
         self._log_recorded(recorded, tags, origin)
         return recorded
 
+    def delete_resource(self, level: str, public_id: str, reason: str) -> int | None:
+        """Delete a patient, study, series or instance with everything under it (None: no
+        such resource); recorded in the change log with ``reason``."""
+        keys = resources.instance_keys(level, public_id)
+        return None if keys is None else self.delete(keys, reason)
+
+    def protect(self, level: str, public_id: str, protected: bool,
+                until: float | None = None) -> bool:
+        """Pin a patient or study against recycling (until ``until``, if given)."""
+        return bool(self.writer.run(
+            lambda: set_protected(level, public_id, protected, until)))
+
     def delete(self, instance_keys: list[int], reason: str) -> int:
         files = self.writer.run(lambda: delete_instances(instance_keys, reason))
+        self.empty_trash(files)
+        return len(files)
+
+    def empty_trash(self, files: list[str]) -> None:
+        """Remove the files of deleted rows, then forget them."""
         for name in files:
             self.area.remove(name)
-        return len(files)
+        if files:
+            self.writer.run(lambda: emptied(files))
 
     def open_instance(self, public_id: str) -> BinaryIO | None:
         """The stored bytes of an instance, or None if there is no such instance."""

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from peewee import SqliteDatabase
+from playhouse.migrate import SqliteMigrator
+from playhouse.migrate import migrate as migrate_ops
 
 from .models import MODELS, database
 
@@ -57,8 +59,20 @@ def migrate(db: SqliteDatabase) -> None:
     if version < SCHEMA_VERSION:
         with db.atomic():
             db.create_tables(MODELS)  # safe=True: only the tables a version added are new
+            add_missing_columns(db)
             db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
         log.info("index schema %d -> %d", version, SCHEMA_VERSION)
+
+
+def add_missing_columns(db: SqliteDatabase) -> None:
+    """Columns a later schema added to an existing table (nullable or with a default)."""
+    migrator = SqliteMigrator(db)
+    for model in MODELS:
+        table = model._meta.table_name
+        have = {c.name for c in db.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name not in have:
+                migrate_ops(migrator.add_column(table, field.column_name, field))
 
 
 Job = Callable[[], Any]

@@ -48,6 +48,7 @@ class Patient(BaseModel):
     patient_name = CharField(default="", index=True, constraints=[EMPTY])
     tags = JSONField()
     protected = BooleanField(default=False, constraints=[SQL("DEFAULT 0")])
+    protected_until = FloatField(null=True)  # a pin's expiry (None: until unprotected)
     created = FloatField()
     last_update = FloatField(index=True)
 
@@ -61,6 +62,7 @@ class Study(BaseModel):
     accession_number = CharField(default="", index=True, constraints=[EMPTY])
     tags = JSONField()
     protected = BooleanField(default=False, constraints=[SQL("DEFAULT 0")])
+    protected_until = FloatField(null=True)
     created = FloatField()
     last_update = FloatField(index=True)
 
@@ -148,9 +150,16 @@ class Export(BaseModel):
     error = CharField(default="", constraints=[EMPTY])
 
 
+class Trash(BaseModel):
+    """Files whose rows were deleted, until the files are gone too: a crash in between must
+    not let reconciliation take them for unindexed files and bring them back."""
+
+    file = CharField(primary_key=True)
+
+
 def tuples(query: Any) -> list[tuple[Any, ...]]:
     """A query's rows as tuples (peewee's typing calls them model instances)."""
     return list(query.tuples())
 
 
-MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change, Outbound, Export]
+MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change, Outbound, Export, Trash]
