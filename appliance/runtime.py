@@ -12,6 +12,7 @@ from types import FrameType
 
 from systemd import daemon
 
+from . import pixels
 from .configstore import ConfigStore
 from .dicom.scp import DicomServer
 from .routing.service import Routing
@@ -82,6 +83,7 @@ class Appliance:
         if self.http is not None:
             self.http.stop()
         self.dispatcher.stop()
+        pixels.worker.stop()
         self.store.stop()
         self.lock.release()
         log.info("stopped")

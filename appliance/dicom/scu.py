@@ -7,8 +7,9 @@ Per instance the session picks an accepted presentation context for its SOP clas
 
 * the stored transfer syntax is accepted: the file's bytes are sent untouched
   (``send_c_store(path)``, streamed in chunks when ``STORE_SEND_CHUNKED_DATASET`` is set);
-* only an uncompressed syntax is: the dataset is decompressed by pydicom (if its installed
-  pixel data handlers can) and pynetdicom re-encodes it in the accepted syntax;
+* only an uncompressed syntax is: a compressed instance is decompressed by pydicom in the pixel
+  helper process (``pixels.py``; if an installed decoder can) and the copy is sent; an
+  uncompressed one is re-encoded by pynetdicom in the accepted syntax;
 * otherwise the instance fails, with a log line naming what the peer accepted.
 
 Outgoing associations use pynetdicom's standard requestor ``Association`` (``AE.associate``):
@@ -18,6 +19,8 @@ the event-driven reactor of ``reactor.py`` is only wired for the acceptor side.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
+from .. import pixels
 from ..config import DicomSettings, Modality
 from .reactor import tune_socket
 
@@ -154,6 +158,9 @@ class StoreSession:
             )
         except (ValueError, RuntimeError, AttributeError, OSError) as exc:
             return self._fail(item, str(exc))
+        finally:
+            if isinstance(payload, Path) and payload != item.path:
+                payload.unlink(missing_ok=True)  # a decompressed temporary copy
         code = status.get("Status")
         if code is None:
             return self._fail(item, "no C-STORE response (timeout or abort)")
@@ -170,16 +177,22 @@ class StoreSession:
             if cx.abstract_syntax == sop_class and cx.as_scu
         }  # fmt: skip
 
-    def _convert(self, item: Outgoing, accepted: set[str]) -> Dataset | str:
-        """The dataset in an uncompressed syntax the peer accepts, or why it cannot be."""
+    def _convert(self, item: Outgoing, accepted: set[str]) -> Path | Dataset | str:
+        """The instance in an uncompressed syntax the peer accepts — a decompressed temporary
+        file (the caller removes it) or a dataset pynetdicom re-encodes — or why it cannot be."""
         names = ", ".join(sorted(UID(ts).name for ts in accepted))
         if not any(ts in accepted for ts in FALLBACK_SYNTAXES):
             return f"stored as {UID(item.transfer_syntax).name}, the peer accepts only {names}"
+        if not UID(item.transfer_syntax).is_compressed:
+            return dcmread(item.path)  # uncompressed to uncompressed: pynetdicom re-encodes
+        fd, name = tempfile.mkstemp(suffix=".dcm")  # the store's tmp/ when serving
+        os.close(fd)
         try:
-            ds = dcmread(item.path)
-            if UID(item.transfer_syntax).is_compressed:
-                ds.decompress()
-        except Exception as exc:  # pydicom raises many kinds when a decoder is missing
+            error = pixels.worker.run(pixels.decompress_file, str(item.path), name)
+        except (pixels.PixelError, TimeoutError) as exc:
+            error = str(exc)
+        if error:
+            Path(name).unlink(missing_ok=True)
             return (f"the peer accepts only {names} and decompressing "
-                    f"{UID(item.transfer_syntax).name} failed: {exc}")
-        return ds
+                    f"{UID(item.transfer_syntax).name} failed: {error}")
+        return Path(name)
