@@ -318,8 +318,15 @@ def test_send_by_hand_goes_through_the_queue(appliance_factory: Any, scp_factory
     assert r.status_code == 200 and r.json()["Queued"] == 4
     r = requests.post(f"{app.url}/modalities/dest/store", json=["nope"], timeout=30)
     assert r.status_code == 404
+    r = requests.post(f"{app.url}/modalities/dest/store",
+                      json={"Resources": [study], "Timeout": 1}, timeout=30)
+    assert r.status_code == 502 and r.json()["Waiting"] == 4, "down: still queued"
     scp.start()
-    wait_for(lambda: received(scp) == 4 and pending(app, "dest") == 0, 60, "delivery")
+    wait_for(lambda: received(scp) == 8 and pending(app, "dest") == 0, 60, "delivery")
+    r = requests.post(f"{app.url}/modalities/dest/store", json=study, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["Delivered"] == 4 and r.json()["FailedInstancesCount"] == 0
+    assert received(scp) == 12
 
 
 def test_undecodable_syntax_is_refused_with_a_reason(appliance_factory: Any,
@@ -335,3 +342,22 @@ def test_undecodable_syntax_is_refused_with_a_reason(appliance_factory: Any,
     assert "decompressing JPEG-LS Lossless Image Compression failed" in \
         queue(app)["dest"]["LastError"]
     assert pending(app, "dest") == 1 and scp.files() == []
+
+
+def test_series_trigger_and_concurrent_workers(appliance_factory: Any, scp_factory: Any,
+                                               tmp_path: Path) -> None:
+    """A series route waits for each series to be stable; two workers share a destination
+    without sending anything twice."""
+    scp = scp_factory("dest")
+    app = appliance_factory(config={
+        "storage": {"stable_age": 2},
+        "modalities": {"dest": node(scp.port, concurrency=2)},
+        "routes": {"series": {"destinations": ["dest"], "trigger": "series"}},
+        "queue": {"batch": 5},
+    }).start()
+    study = "1.2.826.0.1.3680043.8.498.2"
+    storescu(app, *make_series(tmp_path / "a", 30, study_uid=study),
+             *make_series(tmp_path / "b", 30, study_uid=study))
+    wait_for(lambda: received(scp) >= 60 and pending(app, "dest") == 0, 60, "delivery")
+    assert received(scp) == 60 and len(scp.files()) == 60
+    assert len(app.json("/exports?limit=1000")["Exports"]) == 60
