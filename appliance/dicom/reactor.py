@@ -385,4 +385,4 @@ class EventServer(ThreadedAssociationServer):
 
     daemon_threads = True
     receiver: ReceiverFactory | None = None  # reads PDUs of established associations
-    on_served: Callable[[str, float], None] | None = None  # (request class, seconds) for metrics
+    on_served: Callable[[str, float], None] | None = None  # (primitive class, seconds): metrics

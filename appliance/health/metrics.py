@@ -33,8 +33,10 @@ from .. import __version__
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    300.0, 1800.0)
 # DIMSE requests timed around pynetdicom's service (C-STORE is timed by the store path itself)
-TIMED_REQUESTS = {"C_ECHO_RQ": "C-ECHO", "C_FIND_RQ": "C-FIND", "C_MOVE_RQ": "C-MOVE",
-                  "C_GET_RQ": "C-GET"}
+TIMED_REQUESTS = {"C_ECHO": "C-ECHO", "C_FIND": "C-FIND", "C_MOVE": "C-MOVE", "C_GET": "C-GET"}
+
+# what ``generate_latest`` writes: the classic text format, which every Prometheus version reads
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 FamilySource = Callable[[], Iterable[Metric]]
 
@@ -87,7 +89,7 @@ class DicomMetrics:
         self.associations.labels(name).inc()
 
     def served(self, message: str, seconds: float) -> None:
-        """A DIMSE request served by pynetdicom (``message``: its class name, C_FIND_RQ...)."""
+        """A DIMSE request served by pynetdicom (``message``: its primitive's class, C_FIND...)."""
         operation = TIMED_REQUESTS.get(message)
         if operation is not None:
             self.latency.labels(operation).observe(seconds)

@@ -11,6 +11,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from ..config import Config
 from ..configstore import ConfigStore
 from ..index import health as index_health
+from ..index import resources as index_resources
 from ..index.models import database
 from ..routing import queue
 from ..routing.worker import Dispatcher
@@ -77,7 +78,8 @@ class Monitor:
 
     def status_line(self, report: Report) -> str:
         """systemd's one-line status: state, counts, disk, queue, last reception."""
-        totals = self.store.governor.totals
+        with database.connection_context():
+            stats = index_resources.statistics()
         free = free_bytes(self.store.area.root) / MB
         backlog = sum(_pending(c.value) for c in report.checks
                       if c.name.startswith("destination:"))
@@ -85,21 +87,20 @@ class Monitor:
         ago = f"{time.time() - last:.0f} s ago" if last is not None else "never"
         problems = [c.name for c in report.checks if c.state != "ok"]
         return (f"{report.state}{' (' + ', '.join(problems) + ')' if problems else ''}: "
-                f"{totals.studies} studies, {totals.bytes / MB:.0f} MB stored, {free:.0f} MB "
-                f"free, queue {backlog}, last reception {ago}")
+                f"{stats['CountStudies']} studies, {stats['TotalDiskSizeMB']} MB stored, "
+                f"{free:.0f} MB free, queue {backlog}, last reception {ago}")
 
     # --- metrics read at scrape time ----------------------------------------------------------
 
     def _storage(self) -> Iterator[Metric]:
-        totals = self.store.governor.totals
         with database.connection_context():
-            instances = index_health.count_instances()
+            stats = index_resources.statistics()
         quota = self.config.quota
         yield _gauge("appliance_storage_used_bytes", "Bytes of stored instance files",
-                     totals.bytes)
-        yield _gauge("appliance_storage_instances", "Instances stored", instances)
-        yield _gauge("appliance_storage_studies", "Studies stored", totals.studies)
-        yield _gauge("appliance_storage_patients", "Patients stored", totals.patients)
+                     int(stats["TotalDiskSize"]))
+        yield _gauge("appliance_storage_instances", "Instances stored", stats["CountInstances"])
+        yield _gauge("appliance_storage_studies", "Studies stored", stats["CountStudies"])
+        yield _gauge("appliance_storage_patients", "Patients stored", stats["CountPatients"])
         yield _gauge("appliance_storage_free_bytes", "Free bytes on the data filesystem",
                      free_bytes(self.store.area.root))
         yield _gauge("appliance_storage_limit_bytes", "Storage quota in bytes (0: none)",

@@ -22,10 +22,6 @@ def newest_instance() -> int:
     return int(Instance.select(fn.MAX(Instance.id)).scalar() or 0)
 
 
-def count_instances() -> int:
-    return int(Instance.select().count())
-
-
 def last_receptions() -> dict[str, float]:
     """Per calling AE title, when its newest stored instance arrived (seeds the silence
     tracking at start-up; a scan of the instance table, once)."""

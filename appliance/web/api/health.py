@@ -11,8 +11,9 @@ import json
 from typing import Any
 
 import bottle
-from prometheus_client import CONTENT_TYPE_LATEST
 
+from ... import __version__
+from ...health.metrics import CONTENT_TYPE
 from ...health.service import Monitor
 
 LOOPBACK = {"127.0.0.1", "::1"}
@@ -31,10 +32,10 @@ def install(app: bottle.Bottle, monitor: Monitor) -> None:
         bottle.response.content_type = "application/json"
         bottle.response.set_header("Cache-Control", "no-store")
         bottle.response.status = 503 if report.state == "failing" else 200
-        return json.dumps(report.to_json(), indent=2)
+        return json.dumps({**report.to_json(), "version": __version__}, indent=2)
 
     @app.get("/metrics")
     def metrics() -> Any:
         allowed()
-        bottle.response.content_type = CONTENT_TYPE_LATEST
+        bottle.response.content_type = CONTENT_TYPE
         return monitor.metrics()
