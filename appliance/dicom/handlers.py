@@ -110,16 +110,25 @@ def from_ourselves(assoc: Association) -> bool:
     return req.ae_title == assoc.acceptor.ae_title and req.address in LOOPBACK
 
 
+def journal_fields(assoc: Association) -> dict[str, str]:
+    """Structured fields for journald (the stderr handler ignores them): who, which association."""
+    req = assoc.requestor
+    return {"PEER_AE": req.ae_title, "PEER_ADDRESS": f"{req.address}:{req.port}",
+            "ASSOCIATION": assoc.name}
+
+
 def log_accepted(event: Event) -> None:
     level = logging.DEBUG if from_ourselves(event.assoc) else logging.INFO
-    log.log(level, "association accepted from %s", peer(event))
+    log.log(level, "association accepted from %s", peer(event),
+            extra=journal_fields(event.assoc))
 
 
 def log_rejected(event: Event) -> None:
     level = logging.DEBUG if from_ourselves(event.assoc) else logging.WARNING
-    log.log(level, "association rejected from %s", peer(event))
+    log.log(level, "association rejected from %s", peer(event),
+            extra=journal_fields(event.assoc))
 
 
 def log_aborted(event: Event) -> None:
-    log.warning("association aborted with %s", peer(event))
+    log.warning("association aborted with %s", peer(event), extra=journal_fields(event.assoc))
     discard_partial(event)

@@ -84,6 +84,7 @@ class Health:
         self.timeout = timeout
         self.probes: list[Probe] = []
         self.latest: Report | None = None
+        self._latest_at = 0.0  # monotonic time of the latest report (immune to clock changes)
         self.listeners: list[Callable[[Report], None]] = []  # told after each run
         self._run_lock = threading.Lock()
         self._stop = threading.Event()
@@ -113,7 +114,8 @@ class Health:
         """The latest report if the background runs are keeping up (None: they are not)."""
         report = self.latest
         limit = 2 * self.interval() + self.timeout() + 1
-        return report if report is not None and time.time() - report.at <= limit else None
+        fresh = time.monotonic() - self._latest_at <= limit
+        return report if report is not None and fresh else None
 
     def run(self) -> Report:
         """Run every probe now (one run at a time) and keep the report."""
@@ -126,7 +128,7 @@ class Health:
             checks = [c for p in self.probes for c in self._outcome(p)]
             report = Report(checks)
             self._log_changes(report)
-            self.latest = report
+            self.latest, self._latest_at = report, time.monotonic()
         for listener in self.listeners:
             listener(report)
         return report

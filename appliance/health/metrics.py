@@ -76,6 +76,7 @@ class DicomMetrics:
                             "DICOM associations established now", registry=registry)
         self.last_seen: dict[str, float] = {}  # calling AE -> epoch of its last stored instance
         self._store_latency = self.latency.labels("C-STORE")
+        self._per_source: dict[str, tuple[Any, Any]] = {}  # children: no label lookup per call
 
     def handlers(self) -> list[tuple[Any, ...]]:
         """pynetdicom notification handlers counting the associations' outcomes."""
@@ -97,8 +98,12 @@ class DicomMetrics:
     def stored(self, source: str, size: int, seconds: float) -> None:
         """An instance received and stored (the hot path: a few dictionary operations)."""
         self._store_latency.observe(seconds)
-        self.instances.labels(source).inc()
-        self.bytes.labels(source).inc(size)
+        children = self._per_source.get(source)
+        if children is None:
+            children = self._per_source.setdefault(
+                source, (self.instances.labels(source), self.bytes.labels(source)))
+        children[0].inc()
+        children[1].inc(size)
         self.last_seen[source] = time.time()
 
 
