@@ -130,7 +130,10 @@ class Health:
             self._log_changes(report)
             self.latest, self._latest_at = report, time.monotonic()
         for listener in self.listeners:
-            listener(report)
+            try:
+                listener(report)
+            except Exception:  # a status line that fails must not fail the checks
+                log.exception("health listener failed")
         return report
 
     def _start(self, probe: Probe) -> bool:
