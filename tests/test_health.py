@@ -121,7 +121,7 @@ def test_watchdog_stops_while_the_index_is_locked_and_resumes(appliance_factory:
         locker.close()
     pings = notify.count("WATCHDOG=1")
     wait_for(lambda: notify.count("WATCHDOG=1") > pings, 60, "pings to resume")
-    assert app.get("/health").json()["status"] == "ok"
+    wait_for(lambda: check(app, "index_write")["status"] == "ok", 30, "index writes again")
     assert app.stop() == 0
     assert "STOPPING=1" in notify.seen()
 
@@ -157,7 +157,7 @@ def test_watchdog_stops_while_the_dicom_listener_accepts_nothing(appliance_facto
             assoc.release()
     pings = notify.count("WATCHDOG=1")
     wait_for(lambda: notify.count("WATCHDOG=1") > pings, 60, "pings to resume")
-    assert check(app, "dicom")["status"] == "ok"
+    wait_for(lambda: check(app, "dicom")["status"] == "ok", 30, "the listener serving")
 
 
 def test_busy_listener_is_degraded_within_its_grace(appliance_factory: Any,
@@ -256,8 +256,7 @@ def test_silent_modality_and_failing_destination(appliance_factory: Any, tmp_pat
 
     series = make_series(tmp_path / "in", 3)
     storescu(app, *series, options=("-aet", "PETCAM"))
-    now = states(app)
-    assert now["source:PETCAM"] == "ok"
+    wait_for(lambda: states(app)["source:PETCAM"] == "ok", 30, "PETCAM heard from")
     # the destination is down: its entries wait, its failures count
     wait_for(lambda: states(app).get("destination:pacs") == "degraded", 30, "pacs degraded")
     pacs = next(c for c in health_of(app)["checks"] if c["name"] == "destination:pacs")

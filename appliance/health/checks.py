@@ -117,9 +117,13 @@ class Health:
         fresh = time.monotonic() - self._latest_at <= limit
         return report if report is not None and fresh else None
 
-    def run(self) -> Report:
-        """Run every probe now (one run at a time) and keep the report."""
+    def run(self, reuse_within: float = 0.0) -> Report:
+        """Run every probe now (one run at a time) and keep the report; a report younger than
+        ``reuse_within`` seconds is returned as it is (callers that arrive together, or too
+        often, share one run: asking cannot be made to cost a commit and an fsync each)."""
         with self._run_lock:
+            if self.latest is not None and time.monotonic() - self._latest_at < reuse_within:
+                return self.latest
             deadline = time.monotonic() + self.timeout()
             started = [p for p in self.probes if self._start(p)]
             for probe in started:

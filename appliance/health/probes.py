@@ -16,7 +16,7 @@ from ..config import Config, HealthSettings
 from ..index import health as index_health
 from ..index.models import database
 from ..routing import queue
-from ..routing.worker import Dispatcher
+from ..routing.worker import Destination, DestinationState, Dispatcher
 from ..storage.governor import free_bytes
 from ..store import Store
 from .checks import Check, State
@@ -152,27 +152,34 @@ def sources(last_seen: dict[str, float], settings: HealthSettings, started: floa
 
 
 def destinations(dispatcher: Dispatcher, settings: HealthSettings) -> list[Check]:
-    """Per destination: its backlog, the age of its oldest pending entry, its failures."""
+    """Per destination: its backlog, the age of its oldest pending entry, its failures, its
+    sender threads (they never end while the appliance runs)."""
     with database.connection_context():
         stats = queue.stats()
     now = time.time()
-    checks = []
-    for name in sorted(set(stats) | set(dispatcher.destinations)):
-        counts = stats.get(name, queue.DestinationStats())
-        dest = dispatcher.destinations.get(name)
-        state = dest.state if dest is not None else None
-        age = now - counts.oldest_pending if counts.oldest_pending is not None else 0.0
-        failures = state.consecutive_failures if state else 0
-        value = {"pending": counts.pending, "held": counts.held, "failed": counts.failed,
-                 "oldest_pending_seconds": round(age, 1), "consecutive_failures": failures,
-                 "last_success": state.last_success if state else None}
-        reasons = []
-        if age > settings.max_queue_age:
-            reasons.append(f"oldest pending entry waits for {age:.0f} s")
-        if failures >= settings.max_consecutive_failures:
-            reasons.append(f"{failures} failures in a row ({state.last_error if state else ''})")
-        if counts.failed:
-            reasons.append(f"{counts.failed} entries failed (retry or cancel them)")
-        checks.append(Check(f"destination:{name}", "degraded" if reasons else "ok", value,
-                            "; ".join(reasons)))
-    return checks
+    return [destination(name, stats.get(name, queue.DestinationStats()),
+                        dispatcher.destinations.get(name), settings, now)
+            for name in sorted(set(stats) | set(dispatcher.destinations))]
+
+
+def destination(name: str, counts: queue.DestinationStats, dest: Destination | None,
+                settings: HealthSettings, now: float) -> Check:
+    state = dest.state if dest is not None else DestinationState()
+    threads = dest.threads if dest is not None else []
+    alive = sum(t.is_alive() for t in threads)
+    age = now - counts.oldest_pending if counts.oldest_pending is not None else 0.0
+    failures = state.consecutive_failures
+    value = {"pending": counts.pending, "held": counts.held, "failed": counts.failed,
+             "oldest_pending_seconds": round(age, 1), "consecutive_failures": failures,
+             "last_success": state.last_success, "workers": alive}
+    reasons = []
+    if alive < len(threads):
+        reasons.append(f"{len(threads) - alive} of {len(threads)} sender threads ended")
+    if age > settings.max_queue_age:
+        reasons.append(f"oldest pending entry waits for {age:.0f} s")
+    if failures >= settings.max_consecutive_failures:
+        reasons.append(f"{failures} failures in a row ({state.last_error})")
+    if counts.failed:
+        reasons.append(f"{counts.failed} entries failed (retry or cancel them)")
+    return Check(f"destination:{name}", "degraded" if reasons else "ok", value,
+                 "; ".join(reasons))

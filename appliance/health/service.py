@@ -70,8 +70,9 @@ class Monitor:
         self.health.stop()
 
     def report(self) -> Report:
-        """Fresh results: the checks run now (``/health``, ``appliance health``)."""
-        return self.health.run()
+        """Fresh results (``/health``, ``appliance health``): the checks run now, unless they
+        ran less than a second ago."""
+        return self.health.run(reuse_within=1.0)
 
     def metrics(self) -> bytes:
         return exposition(self.registry)
