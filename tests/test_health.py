@@ -92,13 +92,18 @@ def check(app: ApplianceProcess, name: str) -> dict[str, Any]:
 
 
 def assert_pings_stop(notify: NotifySocket, runs: int = 4) -> None:
-    """Once a failing run was announced, ``runs`` more status lines (one per run of the
-    checks, well over two ping periods) come without a ping in between."""
+    """Once a failing run was announced (and one more, so that a ping decided just before it
+    has arrived), ``runs`` more failing runs of the checks, well over two ping periods, come
+    without a ping in between."""
     wait_for(lambda: notify.seen()[-1].startswith("STATUS=failing"), 30, "a failing status")
-    pings = notify.count("WATCHDOG=1")
     statuses = notify.count("STATUS=")
-    wait_for(lambda: notify.count("STATUS=") >= statuses + runs, 60, "more check runs")
-    assert notify.count("WATCHDOG=1") == pings
+    wait_for(lambda: notify.count("STATUS=") > statuses, 30, "one more check run")
+    pings = notify.count("WATCHDOG=1")
+    before = len(notify.seen())
+    wait_for(lambda: notify.count("STATUS=") >= statuses + 1 + runs, 60, "more check runs")
+    window = notify.seen()[before:]
+    assert all(m.startswith("STATUS=failing") for m in window if m.startswith("STATUS="))
+    assert notify.count("WATCHDOG=1") == pings, window
 
 
 def test_watchdog_stops_while_the_index_is_locked_and_resumes(appliance_factory: Any,
