@@ -21,12 +21,15 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, build_context
 
 from ..config import DicomSettings, Modality
@@ -51,6 +54,48 @@ class Outgoing:
 
 class AssociationFailed(RuntimeError):
     """The remote node rejected, aborted or never answered the association request."""
+
+
+def associate(settings: DicomSettings, modality: Modality, contexts: list[PresentationContext],
+              roles: list[SCP_SCU_RoleSelectionNegotiation] | None = None,
+              handlers: list[Any] | None = None) -> Association:
+    """An established association with ``modality``, or ``AssociationFailed`` saying why:
+    no TCP connection, rejected (with the peer's reason), aborted, or no answer in time."""
+    seen: dict[str, bool] = {"connected": False, "answered": False}
+
+    def connected(event: Event) -> None:
+        seen["connected"] = True
+
+    def answered(event: Event) -> None:
+        seen["answered"] = True
+
+    ae = make_ae(settings)
+    assoc = ae.associate(
+        modality.host, modality.port, contexts=contexts, ae_title=modality.aet,
+        ext_neg=list(roles or []),
+        evt_handlers=[(evt.EVT_CONN_OPEN, connected), (evt.EVT_ACSE_RECV, answered),
+                      *(handlers or [])],
+    )  # fmt: skip
+    if assoc.is_established:
+        if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
+            # without it each request waits for the peer's delayed ACK (~40 ms)
+            tune_socket(assoc.dul.socket.socket)
+        return assoc
+    where = f"{modality.aet}@{modality.host}:{modality.port}"
+    if not seen["connected"]:
+        raise AssociationFailed(f"cannot connect to {where} (node down or port closed)")
+    rsp = assoc.acceptor.primitive
+    if assoc.is_rejected and rsp is not None:
+        raise AssociationFailed(
+            f"association rejected by {where}: {rsp.reason_str} ({rsp.result_str})"
+        )
+    if not seen["answered"]:
+        raise AssociationFailed(
+            f"no answer from {where} within {settings.acse_timeout:g} s"
+        )
+    if rsp is not None and rsp.result == 0:
+        raise AssociationFailed(f"{where} accepted none of the proposed presentation contexts")
+    raise AssociationFailed(f"association aborted by {where}")
 
 
 def contexts_for(items: Iterable[Outgoing]) -> list[PresentationContext]:
@@ -84,6 +129,7 @@ def make_ae(settings: DicomSettings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout
     ae.network_timeout = settings.network_timeout
     ae.maximum_pdu_size = settings.maximum_pdu
+    ae.connection_timeout = settings.acse_timeout  # a host that drops packets: fail, not hang
     return ae
 
 
@@ -98,17 +144,7 @@ class StoreSession:
     def open(cls, settings: DicomSettings, modality: Modality, items: Iterable[Outgoing],
              originator: tuple[str, int] | None = None) -> StoreSession:
         """Associate with ``modality``, proposing the contexts ``items`` need."""
-        ae = make_ae(settings)
-        assoc = ae.associate(modality.host, modality.port, contexts=contexts_for(items),
-                             ae_title=modality.aet)
-        if not assoc.is_established:
-            raise AssociationFailed(
-                f"association with {modality.aet}@{modality.host}:{modality.port} failed"
-            )
-        if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
-            # without it each C-STORE waits for the peer's delayed ACK (~40 ms)
-            tune_socket(assoc.dul.socket.socket)
-        return cls(assoc, originator)
+        return cls(associate(settings, modality, contexts_for(items)), originator)
 
     @property
     def alive(self) -> bool:
