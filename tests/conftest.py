@@ -166,6 +166,91 @@ def storescu(app: ApplianceProcess, *files: str | Path, options: tuple[str, ...]
                  *[str(f) for f in files], check=check, **kw)
 
 
+class StoreSCP:
+    """A DCMTK storescp, as a move destination."""
+
+    def __init__(self, port: int, out: Path, *options: str) -> None:
+        self.port, self.out = port, out
+        out.mkdir(parents=True, exist_ok=True)
+        self.log_path = out.parent / f"{out.name}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["storescp", "-v", "-aet", "DEST", *options, "-od", str(out), str(port)],
+                env=DCMTK_ENV, stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_for(self._listening, 30, "storescp to listen")
+
+    def _listening(self) -> bool:
+        if self.proc.poll() is not None:  # e.g. the port was taken meanwhile
+            raise RuntimeError(f"storescp exited with {self.proc.returncode}:\n{self.log()}")
+        return port_open(self.port)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.out.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+class OrthancProcess:
+    """A real Orthanc (the Debian package) on free ports, with a generated configuration.
+
+    ``modalities``: Orthanc's ``DicomModalities`` (name -> [AET, host, port]); Orthanc answers
+    C-FIND/C-MOVE/C-GET only from those."""
+
+    def __init__(self, root: Path, modalities: dict[str, list[Any]], dicom_port: int = 0,
+                 aet: str = "ORTHANC") -> None:
+        self.root, self.modalities, self.aet = root, modalities, aet
+        self.dicom_port = dicom_port or free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> OrthancProcess:
+        if not Path("/usr/sbin/Orthanc").exists():
+            pytest.fail("Orthanc is not installed (tools/test installs it)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "test", "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "index"), "DicomAet": self.aet,
+            "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
+            "DicomModalities": self.modalities,
+        }  # fmt: skip
+        (self.root / "orthanc.json").write_text(json.dumps(config))
+        with open(self.root / "orthanc.log", "wb") as log:
+            self.proc = subprocess.Popen(["/usr/sbin/Orthanc", str(self.root / "orthanc.json")],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._up, 60, "Orthanc to start")
+        return self
+
+    def _up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError((self.root / "orthanc.log").read_text(errors="replace"))
+        try:
+            return requests.get(self.url + "/system", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def json(self, path: str) -> Any:
+        r = requests.get(self.url + path, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
 # --- test data -------------------------------------------------------------------------------
 
 def pydicom_file(name: str) -> Path:

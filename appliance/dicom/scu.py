@@ -18,6 +18,7 @@ the event-driven reactor of ``reactor.py`` is only wired for the acceptor side.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ def associate(settings: DicomSettings, modality: Modality, contexts: list[Presen
         seen["answered"] = True
 
     ae = make_ae(settings)
+    start = time.monotonic()
     assoc = ae.associate(
         modality.host, modality.port, contexts=contexts, ae_title=modality.aet,
         ext_neg=list(roles or []),
@@ -90,9 +92,9 @@ def associate(settings: DicomSettings, modality: Modality, contexts: list[Presen
             f"association rejected by {where}: {rsp.reason_str} ({rsp.result_str})"
         )
     if not seen["answered"]:
-        raise AssociationFailed(
-            f"no answer from {where} within {settings.acse_timeout:g} s"
-        )
+        if time.monotonic() - start < settings.acse_timeout:
+            raise AssociationFailed(f"{where} closed the connection without answering")
+        raise AssociationFailed(f"no answer from {where} within {settings.acse_timeout:g} s")
     if rsp is not None and rsp.result == 0:
         raise AssociationFailed(f"{where} accepted none of the proposed presentation contexts")
     raise AssociationFailed(f"association aborted by {where}")
