@@ -9,6 +9,8 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -197,8 +199,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     for item, code in result.outcomes:
         print(f"{item.sop_uid}  {code_to_category(code)} (0x{code:04X})")
     print(f"sent {len(items)} instances to {args.to}: {result.count('Success')} succeeded, "
-          f"{result.count('Warning')} with warnings, "
-          f"{len(items) - result.count('Success') - result.count('Warning')} failed")
+          f"{result.count('Warning')} with warnings, {result.failed} failed")
     return 0 if result.ok else 1
 
 
@@ -220,7 +221,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    from pydicom.multival import MultiValue
+
+    if isinstance(value, (list, tuple, MultiValue)):
         return "\\".join(_text(v) for v in value)
     return "" if value is None else str(value)
 
@@ -235,56 +238,54 @@ def _table(rows: list[dict[str, str]]) -> None:
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
     """C-MOVE to us or to ``--to``, or C-GET (``--get``) into the store or ``--out DIR``."""
-    from .dicom.remote import get, move
+    from .dicom.remote import BadQuery, get, move
+    from .runtime import DataLocked
 
     config = _config(args)
     name, modality = _node(args, config)
     keys = _keys(args)
+    if args.out and not args.get:
+        raise BadQuery("--out goes with --get (C-MOVE sends to an AE title, see --to)")
     if not args.get:
         destination = args.to or config.dicom.aet
         result = move(config.dicom, modality, args.level, keys, destination, args.model)
         print(f"C-MOVE from {name} to {destination}: {result.summary()}")
         return 0 if result.ok else 1
-    if args.out:
-        from .dicom.remote import save_into
-
-        result = get(config.dicom, modality, args.level, keys, save_into(Path(args.out)),
-                     args.model)
-    else:
-        outcome = _get_into_store(args, config, modality, keys)
-        if isinstance(outcome, int):
-            return outcome
-        result = outcome
-    print(f"C-GET from {name}: {result.summary()}")
-    return 0 if result.ok else 1
-
-
-def _get_into_store(args: argparse.Namespace, config: Config, modality: Any,
-                    keys: dict[str, str]) -> Any:
-    """C-GET into the store, when no running appliance holds it (else exit code 2)."""
-    import tempfile
-
-    from .dicom.handlers import receiver
-    from .dicom.remote import describe, get
-    from .index.ingest import Origin
-    from .runtime import DataLock, DataLocked
-    from .store import Store
-
     try:
-        lock = DataLock(config.data_dir)
+        with _get_receiver(args, config, modality) as on_instance:
+            result = get(config.dicom, modality, args.level, keys, on_instance, args.model)
     except DataLocked:
         print(f"error: {config.data_dir} is in use by a running appliance: retrieve with C-MOVE "
               f"to it (--to {config.dicom.aet}, the default without --get), or C-GET into a "
               "folder with --out DIR", file=sys.stderr)
         return 2
+    print(f"C-GET from {name}: {result.summary()}")
+    return 0 if result.ok else 1
+
+
+@contextmanager
+def _get_receiver(args: argparse.Namespace, config: Config, modality: Any) -> Iterator[Any]:
+    """Where C-GET puts what it receives: ``--out DIR``, or the store when no running
+    appliance holds it (``DataLocked`` otherwise)."""
+    import tempfile
+
+    from .dicom.handlers import receiver
+    from .dicom.remote import describe, save_into
+    from .index.ingest import Origin
+    from .runtime import DataLock
+    from .store import Store
+
+    if args.out:
+        yield save_into(Path(args.out))
+        return
+    lock = DataLock(config.data_dir)
     store = Store(config)
     store.start()
     tempfile.tempdir = str(store.area.tmp)  # spool beside the files: the store renames them
     origin = Origin(calling_aet=modality.aet, called_aet=config.dicom.aet,
                     remote_address=modality.host)
     try:
-        return get(config.dicom, modality, args.level, keys,
-                   receiver(store, origin, describe(modality)), args.model)
+        yield receiver(store, origin, describe(modality))
     finally:
         store.stop()
         lock.release()

@@ -209,6 +209,8 @@ def test_bad_query_keys(peers: Peers) -> None:
     ):
         done = cli(peers, "query", "qrscp", *args)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+    done = cli(peers, "retrieve", "qrscp", "-k", "PatientID=X", "--out", "somewhere")
+    assert done.returncode == 2 and "--out goes with --get" in done.stderr
 
 
 # --- C-STORE ----------------------------------------------------------------------------------

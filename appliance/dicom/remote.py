@@ -364,6 +364,10 @@ class StoreResult:
         return sum(1 for _, code in self.outcomes if code_to_category(code) == category)
 
     @property
+    def failed(self) -> int:
+        return len(self.outcomes) - self.count("Success") - self.count("Warning")
+
+    @property
     def ok(self) -> bool:
         """Every instance stored (warnings included: the destination kept them)."""
         return all(code_to_category(code) in ("Success", "Warning") for _, code in self.outcomes)
