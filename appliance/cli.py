@@ -119,6 +119,8 @@ def _scu(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         from .dicom.remote import BadQuery, UnknownModality
 
+        log.setup("WARNING")  # why an instance was not sent, say
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # our errors say it better
         try:
             return int(func(args))
         except (UnknownModality, BadQuery) as exc:
@@ -130,7 +132,7 @@ def _scu(func: Any) -> Any:
 
 def _node(args: argparse.Namespace, config: Config) -> tuple[str, Any]:
     """The remote node: a configured modality by name, or ``--host``/``--port`` (ad hoc)."""
-    from .config import Modality
+    from .config import AE_TITLE, Modality
     from .dicom.remote import BadQuery, describe, resolve
 
     if args.name:
@@ -138,6 +140,8 @@ def _node(args: argparse.Namespace, config: Config) -> tuple[str, Any]:
         return f"{args.name} ({describe(modality)})", modality
     if not args.host or not args.port:
         raise BadQuery("name a configured modality, or give --host and --port")
+    if not AE_TITLE.match(args.remote_aet):
+        raise BadQuery(f"--aet {args.remote_aet!r} is not a valid AE title (1-16 characters)")
     modality = Modality(aet=args.remote_aet, host=args.host, port=args.port)
     return describe(modality), modality
 

@@ -211,6 +211,8 @@ def test_bad_query_keys(peers: Peers) -> None:
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
     done = cli(peers, "retrieve", "qrscp", "-k", "PatientID=X", "--out", "somewhere")
     assert done.returncode == 2 and "--out goes with --get" in done.stderr
+    done = cli(peers, "retrieve", "qrscp", "-k", "PatientID=X", "--to", "A\\B")
+    assert done.returncode == 2 and "not a valid AE title" in done.stderr
 
 
 # --- C-STORE ----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
 
-from ..config import Config, DicomSettings, Modality
+from ..config import AE_TITLE, Config, DicomSettings, Modality
 from .scu import FAILED, FALLBACK_SYNTAXES, AssociationFailed, Outgoing, StoreSession, associate
 
 log = logging.getLogger("appliance.dicom.remote")
@@ -274,6 +274,8 @@ def move(settings: DicomSettings, modality: Modality, level: str,
          model: InfoModel = "study") -> RetrieveResult:
     """C-MOVE (PS3.4 C.4.2): ask ``modality`` to send the matches to ``destination_aet`` (our
     own AE title, or a third node the remote knows)."""
+    if not AE_TITLE.match(destination_aet):
+        raise BadQuery(f"{destination_aet!r} is not a valid AE title (1-16 characters)")
     request = identifier(level, keys, model)
     uid = MODELS[(model, "move")]
     assoc = associate(settings, modality, [build_context(uid)])
