@@ -259,6 +259,7 @@ def test_compressed_instance_falls_back_to_uncompressed(appliance_factory: Any,
     wait_for(lambda: len(scp.files()) == 1 and pending(app, "dest") == 0, 60, "delivery")
     got = dcmread(scp.files()[0])
     assert not got.file_meta.TransferSyntaxUID.is_compressed
+    assert got.SOPInstanceUID == dcmread(source).SOPInstanceUID, "the same instance"
     original = dcmread(source)
     original.decompress()
     assert got.pixel_array.tobytes() == original.pixel_array.tobytes()

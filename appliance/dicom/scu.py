@@ -34,7 +34,8 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from .. import pixels
 from ..config import DicomSettings, Modality
-from .reactor import tune_socket
+from .fastsend import FastSender, SendFailed
+from .reactor import EventDUL, tune_socket
 
 log = logging.getLogger("appliance.dicom.scu")
 
@@ -105,6 +106,7 @@ class StoreSession:
         self.proposed = proposed  # (SOP class, transfer syntax) pairs we proposed
         self.last_error = ""  # why the last ``send`` returned FAILED
         self.sent = 0  # message IDs of our own: 1, 2, ...
+        self.fast: FastSender | None = None  # set on associations we opened (``open``)
 
     @classmethod
     def open(cls, settings: DicomSettings, modality: Modality, items: Iterable[Outgoing],
@@ -121,7 +123,11 @@ class StoreSession:
         if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
             # without it each C-STORE waits for the peer's delayed ACK (~40 ms)
             tune_socket(assoc.dul.socket.socket)
-        return cls(assoc, originator, pairs_of(items))
+        session = cls(assoc, originator, pairs_of(items))
+        if isinstance(assoc.dul, EventDUL):
+            session.fast = FastSender(assoc.dul, int(assoc.acceptor.maximum_length or 0),
+                                      settings.dimse_timeout)
+        return session
 
     def covers(self, items: Iterable[Outgoing]) -> bool:
         """Whether this association was proposed everything ``items`` need."""
@@ -132,8 +138,15 @@ class StoreSession:
         return bool(self.assoc.is_established)
 
     def release(self) -> None:
+        if self.fast is not None:
+            self.fast.unhold()
         if self.assoc.is_established:
             self.assoc.release()
+
+    def idle(self) -> None:
+        """Nothing to send for a while: let pynetdicom watch the connection again."""
+        if self.fast is not None:
+            self.fast.unhold()
 
     def send(self, item: Outgoing, msg_id: int | None = None) -> int:
         """Send one instance; return the peer's C-STORE status (``FAILED`` if not sent, with
@@ -143,14 +156,34 @@ class StoreSession:
             return self._fail(item, f"{UID(item.sop_class_uid).name} has no accepted "
                                     "presentation context")
         payload: Path | Dataset = item.path
-        if item.transfer_syntax not in accepted:
+        syntax = item.transfer_syntax
+        if syntax not in accepted:
             converted = self._convert(item, accepted)
             if isinstance(converted, str):
                 return self._fail(item, converted)
-            payload = converted
+            payload, syntax = converted
         if msg_id is None:
             self.sent += 1
             msg_id = self.sent % 65535 + 1
+        try:
+            return self._send(item, payload, syntax, msg_id)
+        finally:
+            if isinstance(payload, Path) and payload != item.path:
+                payload.unlink(missing_ok=True)  # a decompressed temporary copy
+
+    def _send(self, item: Outgoing, payload: Path | Dataset, syntax: str, msg_id: int) -> int:
+        if isinstance(payload, Path) and self.fast is not None:
+            context_id = self._context_id(item.sop_class_uid, syntax)
+            try:
+                response = self.fast.send(payload, context_id, item.sop_class_uid, item.sop_uid,
+                                          msg_id, self.originator)
+            except (SendFailed, OSError) as exc:
+                self.fast.unhold()
+                self.assoc.abort()
+                return self._fail(item, str(exc))
+            return response.status
+        if self.fast is not None:
+            self.fast.unhold()  # pynetdicom's DUL thread reads the response
         try:
             aet, orig_id = self.originator or (None, None)
             status = self.assoc.send_c_store(
@@ -158,13 +191,16 @@ class StoreSession:
             )
         except (ValueError, RuntimeError, AttributeError, OSError) as exc:
             return self._fail(item, str(exc))
-        finally:
-            if isinstance(payload, Path) and payload != item.path:
-                payload.unlink(missing_ok=True)  # a decompressed temporary copy
         code = status.get("Status")
         if code is None:
             return self._fail(item, "no C-STORE response (timeout or abort)")
         return int(code)
+
+    def _context_id(self, sop_class: str, syntax: str) -> int:
+        return next(
+            int(cx.context_id) for cx in self.assoc.accepted_contexts  # type: ignore[arg-type]
+            if cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax and cx.as_scu
+        )
 
     def _fail(self, item: Outgoing, reason: str) -> int:
         log.warning("instance %s not sent: %s", item.sop_uid, reason)
@@ -177,22 +213,30 @@ class StoreSession:
             if cx.abstract_syntax == sop_class and cx.as_scu
         }  # fmt: skip
 
-    def _convert(self, item: Outgoing, accepted: set[str]) -> Path | Dataset | str:
+    def _convert(self, item: Outgoing, accepted: set[str]
+                 ) -> tuple[Path | Dataset, str] | str:
         """The instance in an uncompressed syntax the peer accepts — a decompressed temporary
-        file (the caller removes it) or a dataset pynetdicom re-encodes — or why it cannot be."""
+        file (the caller removes it) or a dataset pynetdicom re-encodes — with that syntax, or
+        why it cannot be."""
         names = ", ".join(sorted(UID(ts).name for ts in accepted))
         if not any(ts in accepted for ts in FALLBACK_SYNTAXES):
             return f"stored as {UID(item.transfer_syntax).name}, the peer accepts only {names}"
-        if not UID(item.transfer_syntax).is_compressed:
-            return dcmread(item.path)  # uncompressed to uncompressed: pynetdicom re-encodes
-        fd, name = tempfile.mkstemp(suffix=".dcm")  # the store's tmp/ when serving
-        os.close(fd)
-        try:
-            error = pixels.worker.run(pixels.decompress_file, str(item.path), name)
-        except (pixels.PixelError, TimeoutError) as exc:
-            error = str(exc)
-        if error:
-            Path(name).unlink(missing_ok=True)
-            return (f"the peer accepts only {names} and decompressing "
-                    f"{UID(item.transfer_syntax).name} failed: {error}")
-        return Path(name)
+        source = item.path
+        if UID(item.transfer_syntax).is_compressed:
+            fd, name = tempfile.mkstemp(suffix=".dcm")  # the store's tmp/ when serving
+            os.close(fd)
+            try:
+                error = pixels.worker.run(pixels.decompress_file, str(item.path), name)
+            except (pixels.PixelError, TimeoutError) as exc:
+                error = str(exc)
+            if error:
+                Path(name).unlink(missing_ok=True)
+                return (f"the peer accepts only {names} and decompressing "
+                        f"{UID(item.transfer_syntax).name} failed: {error}")
+            if ExplicitVRLittleEndian in accepted:
+                return Path(name), ExplicitVRLittleEndian
+            source = Path(name)
+        ds = dcmread(source)  # uncompressed: pynetdicom re-encodes it in an accepted syntax
+        if source != item.path:
+            source.unlink(missing_ok=True)
+        return ds, ""
