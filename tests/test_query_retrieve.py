@@ -12,7 +12,7 @@ import requests
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
-from pynetdicom import AE, build_role
+from pynetdicom import AE, build_role, evt
 from pynetdicom import sop_class as sc
 
 from .conftest import (
@@ -365,6 +365,38 @@ def test_cancel_move(big_app: ApplianceProcess, storescp: StoreSCP) -> None:
     assert len(storescp.files()) == final.NumberOfCompletedSuboperations
 
 
+def test_cancel_get(big_app: ApplianceProcess) -> None:
+    """A C-CANCEL sent by the C-GET requestor while it receives the instances (it arrives
+    where the appliance waits for a C-STORE response) ends the retrieve with 0xFE00."""
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(sc.StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(sc.CTImageStorage)
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(event.request.AffectedSOPInstanceUID)
+        if len(received) == 5:
+            cx = event.assoc._get_valid_context(sc.StudyRootQueryRetrieveInformationModelGet,
+                                                "", "scu")
+            event.assoc.send_c_cancel(9, cx.context_id)
+        return 0x0000
+
+    assoc = ae.associate("127.0.0.1", big_app.dicom_port, ae_title=big_app.aet,
+                         ext_neg=[build_role(sc.CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        responses = list(assoc.send_c_get(ident("STUDY", StudyInstanceUID=BIG),
+                                          sc.StudyRootQueryRetrieveInformationModelGet,
+                                          msg_id=9))
+    finally:
+        assoc.release()
+    final = responses[-1][0]
+    assert final.Status == 0xFE00
+    assert final.NumberOfCompletedSuboperations == len(received) < 300
+    assert final.NumberOfCompletedSuboperations + final.NumberOfRemainingSuboperations == 300
+
+
 # --- C-MOVE -----------------------------------------------------------------------------------
 
 
@@ -485,8 +517,6 @@ def test_get_counts_with_pynetdicom(world: World) -> None:
     def on_store(event: Any) -> int:
         received.append(event.request.AffectedSOPInstanceUID)
         return 0x0000
-
-    from pynetdicom import evt
 
     assoc = ae.associate("127.0.0.1", world.app.dicom_port, ae_title=world.app.aet,
                          ext_neg=[build_role(sc.CTImageStorage, scp_role=True)],

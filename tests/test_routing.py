@@ -74,6 +74,7 @@ def test_route_each_instance_to_storescp(appliance_factory: Any, scp_factory: An
     app = appliance_factory(config={
         "modalities": {"dest": node(scp.port)},
         "routes": {"all": {"destinations": ["dest"]}},
+        "queue": {"linger": 60},  # the association stays open between arrivals
     }).start()
     files = make_series(tmp_path / "in", 12)
     storescu(app, *files)

@@ -1,4 +1,5 @@
-"""A fast path for sending C-STOREs on an association we opened (forwarding, C-MOVE).
+"""A fast path for sending C-STOREs: forwarding and C-MOVE (associations we open) and C-GET
+(the requestor's association).
 
 pynetdicom's ``send_c_store`` parses the file meta with pydicom, builds the command with
 pydicom, hands the PDUs to the DUL thread and waits for the response through two more queues:
@@ -6,7 +7,9 @@ about 2.5 ms per instance, mostly thread hand-offs under the GIL. Here the sendi
 the socket for the session (``EventDUL.hold``): it writes the C-STORE-RQ command (PS3.7
 9.3.1.1) and the file's dataset bytes, untouched, as P-DATA-TF PDUs no larger than the peer's
 maximum (PS3.8 9.3.5, E.2), and reads the C-STORE-RSP itself. Any other PDU the peer sends
-(A-ABORT, A-RELEASE-RQ) goes to pynetdicom as received, which ends the association as usual.
+(A-ABORT, A-RELEASE-RQ) goes to pynetdicom as received, which ends the association as usual;
+a C-CANCEL-RQ (a C-GET requestor may send one at any time, PS3.7 9.3.3.3) is recorded where
+pynetdicom's service class looks for it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from pynetdicom.dimse_primitives import C_CANCEL
 
 from .faststore import (
     _ELEMENT,
@@ -33,7 +38,7 @@ from .faststore import (
 )
 from .reactor import EventDUL, _quickack
 
-C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
+C_STORE_RQ, C_STORE_RSP, C_CANCEL_RQ = 0x0001, 0x8001, 0x0FFF
 CHUNK = 1 << 20  # bytes of a file read at once
 MAX_RESPONSE = 1 << 16  # bytes: a C-STORE-RSP command is a few hundred
 
@@ -87,6 +92,7 @@ class FastSender:
         self.max_pdu = peer_max_pdu
         self.timeout = timeout
         self.held = False
+        self.cancelled = dul.assoc.dimse.cancel_req  # pynetdicom's, by message ID
 
     @property
     def sock(self) -> socket.socket:
@@ -155,17 +161,25 @@ class FastSender:
                     raise Malformed("a dataset in a C-STORE response")
                 command += pdvs[pdv.start:pdv.end]
                 if pdv.control & LAST:
-                    return self._parse(command, message_id)
+                    response = self._parse(command, message_id)
+                    if response is not None:
+                        return response
+                    command = bytearray()  # a C-CANCEL-RQ: the response is still to come
 
-    def _parse(self, command: bytearray, message_id: int) -> Response:
+    def _parse(self, command: bytearray, message_id: int) -> Response | None:
         elements = parse_command(command)
         try:
             assert elements is not None
             field = struct.unpack("<H", elements[0x0100])[0]
             answered = struct.unpack("<H", elements[0x0120])[0]
-            status = struct.unpack("<H", elements[0x0900])[0]
+            status = struct.unpack("<H", elements.get(0x0900, b"\0\0"))[0]
         except (AssertionError, KeyError, struct.error) as exc:
             raise Malformed("not a C-STORE response") from exc
+        if field == C_CANCEL_RQ:
+            cancel = C_CANCEL()
+            cancel.MessageIDBeingRespondedTo = answered
+            self.cancelled[answered] = cancel
+            return None
         if field != C_STORE_RSP or answered != message_id:
             raise Malformed(f"response 0x{field:04X} to message {answered}, not ours")
         comment = elements.get(0x0902, b"").rstrip(b"\0 ").decode("latin-1")

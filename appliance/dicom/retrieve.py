@@ -160,6 +160,8 @@ class RetrieveServiceClass(QueryRetrieveServiceClass):
         finally:
             if plan.destination is not None:
                 session.release()
+            else:
+                session.idle()  # pynetdicom reads the requestor's next messages again
         self._final(rsp, context, progress.final_status, progress)
 
     def _plan(self, req: Any, context: PresentationContext,
@@ -178,7 +180,9 @@ class RetrieveServiceClass(QueryRetrieveServiceClass):
 
     def _session(self, plan: Plan, req: Any) -> StoreSession | None:
         if plan.destination is None:
-            return StoreSession(self.assoc)
+            session = StoreSession(self.assoc)
+            session.go_fast(plan.settings.dimse_timeout)
+            return session
         originator = (self.assoc.requestor.ae_title, int(req.MessageID))
         try:
             return StoreSession.open(plan.settings, plan.destination, plan.items, originator)

@@ -124,10 +124,15 @@ class StoreSession:
             # without it each C-STORE waits for the peer's delayed ACK (~40 ms)
             tune_socket(assoc.dul.socket.socket)
         session = cls(assoc, originator, pairs_of(items))
-        if isinstance(assoc.dul, EventDUL):
-            session.fast = FastSender(assoc.dul, int(assoc.acceptor.maximum_length or 0),
-                                      settings.dimse_timeout)
+        session.go_fast(settings.dimse_timeout)
         return session
+
+    def go_fast(self, timeout: float) -> None:
+        """Send through ``fastsend`` (when the association is event-driven)."""
+        dul = self.assoc.dul
+        if isinstance(dul, EventDUL):
+            peer = self.assoc.acceptor if self.assoc.is_requestor else self.assoc.requestor
+            self.fast = FastSender(dul, int(peer.maximum_length or 0), timeout)
 
     def covers(self, items: Iterable[Outgoing]) -> bool:
         """Whether this association was proposed everything ``items`` need."""
