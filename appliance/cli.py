@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, log
-from .config import Config, ConfigError, describe, load, to_dict
+from .config import Config, ConfigError, describe, to_dict
+from .configstore import ConfigStore
 
 logger = logging.getLogger("appliance")
 
@@ -34,16 +35,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _configs(args: argparse.Namespace) -> ConfigStore:
+    """The file, the settings saved at run time (modalities, routes...), then the flags."""
+    return ConfigStore.open(Path(args.config) if args.config else None, _overrides(args))
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return load(Path(args.config) if args.config else None, _overrides(args))
+    return _configs(args).current
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .runtime import serve
 
-    config = _config(args)
-    log.setup(config.log.level)
-    return serve(config)
+    configs = _configs(args)
+    log.setup(configs.current.log.level)
+    return serve(configs)
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
@@ -174,8 +180,6 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """C-STORE of a stored resource; reads the index (WAL reader) beside a running appliance."""
-    from pynetdicom.status import code_to_category
-
     from .dicom.remote import resolve, store
     from .dicom.scu import Outgoing
     from .index.db import open_database
@@ -200,8 +204,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     items = [Outgoing(r.sop_uid, r.sop_class_uid, r.transfer_syntax, area.path(r.file))
              for r in refs]
     result = store(config.dicom, modality, items)
-    for item, code in result.outcomes:
-        print(f"{item.sop_uid}  {code_to_category(code)} (0x{code:04X})")
+    for sent in result.outcomes:
+        reason = f": {sent.error}" if sent.error else ""
+        print(f"{sent.item.sop_uid}  {sent.category} (0x{sent.status:04X}){reason}")
     print(f"sent {len(items)} instances to {args.to}: {result.count('Success')} succeeded, "
           f"{result.count('Warning')} with warnings, {result.failed} failed")
     return 0 if result.ok else 1

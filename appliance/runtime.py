@@ -12,10 +12,14 @@ from types import FrameType
 
 from systemd import daemon
 
-from .config import Config
+from . import pixels
+from .configstore import ConfigStore
 from .dicom.scp import DicomServer
+from .routing.service import Routing
+from .routing.worker import Dispatcher
 from .storage.fsck import reconcile
 from .store import Store
+from .web.api import routing as routing_api
 from .web.app import HttpServer
 
 log = logging.getLogger("appliance")
@@ -44,19 +48,27 @@ class DataLock:
 
 
 class Appliance:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.lock = DataLock(config.data_dir)
-        self.store = Store(config)
+    def __init__(self, configs: ConfigStore) -> None:
+        self.configs = configs
+        self.config = configs.current
+        self.lock = DataLock(self.config.data_dir)
+        self.store = Store(self.config)
+        configs.subscribe(self.store.reconfigure)
+        self.dispatcher = Dispatcher(configs, self.store)
         self.dicom: DicomServer | None = None
         self.http: HttpServer | None = None
 
     def start(self) -> None:
-        """Reconcile first, then open the ports, then tell systemd we are ready."""
+        """Reconcile first, then resume the outbound queue, then open the ports, then tell
+        systemd we are ready."""
         self.store.start()
         reconcile(self.store, repair=True)
-        self.dicom = DicomServer(self.config, self.store)
-        self.http = HttpServer(self.config, self.store)
+        self.store.governor.start()
+        self.dispatcher.start()
+        self.dicom = DicomServer(self.configs, self.store)
+        routing = Routing(self.configs, self.store, self.dispatcher)
+        self.http = HttpServer(self.config, self.store,
+                               [lambda app: routing_api.install(app, routing)])
         self.dicom.start()
         threading.Thread(target=self.http.serve, name="http", daemon=True).start()
         daemon.notify("READY=1")
@@ -70,12 +82,14 @@ class Appliance:
             self.dicom.stop(SHUTDOWN_GRACE)
         if self.http is not None:
             self.http.stop()
+        self.dispatcher.stop()
+        pixels.worker.stop()
         self.store.stop()
         self.lock.release()
         log.info("stopped")
 
 
-def serve(config: Config) -> int:
+def serve(configs: ConfigStore) -> int:
     """Run until SIGTERM or SIGINT; exit 0 after an orderly stop."""
     stop = threading.Event()
 
@@ -84,7 +98,7 @@ def serve(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    appliance = Appliance(config)
+    appliance = Appliance(configs)
     try:
         appliance.start()
     except BaseException:

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,6 @@ from appliance.index.ids import orthanc_hash
 from .conftest import (
     ROOT,
     ApplianceProcess,
-    OrthancProcess,
-    StoreSCP,
     dcmtk,
     free_port,
     make_series,
@@ -34,6 +33,7 @@ from .conftest import (
     storescu,
     wait_for,
 )
+from .peers import Orthanc, StoreSCP
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ class Peers:
     root: Path
     app: ApplianceProcess
     qr: QRSCP
-    orthanc: OrthancProcess
+    orthanc: Orthanc
     dest_port: int
     config: Path  # the command line's configuration: our data, AE title and modalities
     files: dict[str, list[Path]]
@@ -110,15 +110,12 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     app = ApplianceProcess(root / "data")
     qr = QRSCP(root / "qr", {"appliance": ("APPLIANCE", app.dicom_port),
                              "dest": ("DEST", dest_port)})
-    orthanc = OrthancProcess(root / "orthanc", {
-        "box": ["APPLIANCE", "127.0.0.1", app.dicom_port],
-        "dest": ["DEST", "127.0.0.1", dest_port],
-    })  # fmt: skip
+    orthanc_port = free_port()
     node = {"host": "127.0.0.1"}
     modalities = {
         "dest": {"aet": "DEST", "port": dest_port, **node},
         "qrscp": {"aet": "QRSCP", "port": qr.port, **node},
-        "orthanc": {"aet": "ORTHANC", "port": orthanc.dicom_port, **node},
+        "orthanc": {"aet": "ORTHANC", "port": orthanc_port, **node},
         "down": {"aet": "DOWN", "port": free_port(), **node},
     }
     app.config = {"modalities": {"qrscp": modalities["qrscp"], "orthanc": modalities["orthanc"]}}
@@ -130,19 +127,19 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
         "or": study(root / "or-in", 2, OR_STUDY, "OR1", "Müller^Hans", "ISO_IR 192"),
         "app": study(root / "app-in", 2, APP_STUDY, "AP1", "Send^Me"),
     }
-    try:
-        app.start()
-        qr.start()
-        orthanc.start()
+    with ExitStack() as started:
+        orthanc = Orthanc(root / "orthanc", dicom_port=orthanc_port, modalities={
+            "box": ["APPLIANCE", "127.0.0.1", app.dicom_port],
+            "dest": ["DEST", "127.0.0.1", dest_port],
+        })  # fmt: skip
+        started.callback(orthanc.stop)
+        started.callback(app.start().stop)
+        started.callback(qr.start().stop)
         dcmtk("storescu", "-aec", "QRSCP", "127.0.0.1", str(qr.port), *map(str, files["qr"]))
-        dcmtk("storescu", "-aec", "ORTHANC", "127.0.0.1", str(orthanc.dicom_port),
+        dcmtk("storescu", "-aec", "ORTHANC", "127.0.0.1", str(orthanc_port),
               *map(str, files["qr"] + files["or"]))
         storescu(app, *files["app"])
         yield Peers(root, app, qr, orthanc, dest_port, config, files)
-    finally:
-        orthanc.stop()
-        qr.stop()
-        app.stop()
 
 
 @pytest.fixture
@@ -273,7 +270,7 @@ def test_store_falls_back_to_uncompressed(peers: Peers, dest: StoreSCP) -> None:
     item = Outgoing(original.SOPInstanceUID, original.SOPClassUID,
                     original.file_meta.TransferSyntaxUID, path)
     result = remote.store(DicomSettings(), peers.modality("dest"), [item])
-    assert [code for _, code in result.outcomes] == [0] and result.ok
+    assert [sent.status for sent in result.outcomes] == [0] and result.ok
     (arrived_path,) = dest.files()
     arrived = dcmread(arrived_path)
     assert not arrived.file_meta.TransferSyntaxUID.is_compressed

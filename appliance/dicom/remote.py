@@ -356,14 +356,26 @@ def save_into(folder: Path) -> OnInstance:
 # --- C-STORE ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Sent:
+    """One instance's outcome: the destination's C-STORE status, or ``scu.FAILED`` and why it
+    was not sent."""
+
+    item: Outgoing
+    status: int
+    error: str = ""
+
+    @property
+    def category(self) -> str:
+        return str(code_to_category(self.status))
+
+
 @dataclass
 class StoreResult:
-    """Per instance, the destination's C-STORE status (``scu.FAILED``: not sent)."""
-
-    outcomes: list[tuple[Outgoing, int]] = field(default_factory=list)
+    outcomes: list[Sent] = field(default_factory=list)
 
     def count(self, category: str) -> int:
-        return sum(1 for _, code in self.outcomes if code_to_category(code) == category)
+        return sum(1 for sent in self.outcomes if sent.category == category)
 
     @property
     def failed(self) -> int:
@@ -372,7 +384,7 @@ class StoreResult:
     @property
     def ok(self) -> bool:
         """Every instance stored (warnings included: the destination kept them)."""
-        return all(code_to_category(code) in ("Success", "Warning") for _, code in self.outcomes)
+        return self.failed == 0
 
 
 def store(settings: DicomSettings, modality: Modality, items: list[Outgoing]) -> StoreResult:
@@ -383,9 +395,12 @@ def store(settings: DicomSettings, modality: Modality, items: list[Outgoing]) ->
         return result
     session = StoreSession.open(settings, modality, items)
     try:
-        for i, item in enumerate(items):
-            code = session.send(item, i % 65535 + 1) if session.alive else FAILED
-            result.outcomes.append((item, code))
+        for item in items:
+            if not session.alive:
+                result.outcomes.append(Sent(item, FAILED, "association lost"))
+                continue
+            code = session.send(item)
+            result.outcomes.append(Sent(item, code, session.last_error if code == FAILED else ""))
     finally:
         session.release()
     return result

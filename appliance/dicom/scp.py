@@ -15,6 +15,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, build_contex
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ..config import Config
+from ..configstore import ConfigStore
 from ..store import Store
 from . import faststore, handlers, qr, reactor, retrieve
 from .reactor import EventRequestHandler, EventServer
@@ -93,16 +94,18 @@ def apply_calling_policy(ae: AE, config: Config) -> None:
 class DicomServer:
     """Owns the AE and its listening server thread."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, configs: ConfigStore, store: Store) -> None:
+        config = configs.current
         configure_pynetdicom(config, store.area.tmp)
         self.config = config
         self.ae = build_ae(config)
+        configs.subscribe(lambda new: apply_calling_policy(self.ae, new))
         handlers_list: list[Any] = [
             (evt.EVT_C_ECHO, handlers.handle_echo),
             (evt.EVT_C_STORE, handlers.handle_store, [store]),
-            (evt.EVT_C_FIND, qr.handle_find, [config, store]),
-            (evt.EVT_C_MOVE, qr.handle_move, [config, store]),
-            (evt.EVT_C_GET, qr.handle_get, [config, store]),
+            (evt.EVT_C_FIND, qr.handle_find, [configs, store]),
+            (evt.EVT_C_MOVE, qr.handle_move, [configs, store]),
+            (evt.EVT_C_GET, qr.handle_get, [configs, store]),
             (evt.EVT_ACCEPTED, handlers.log_accepted),
             (evt.EVT_REJECTED, handlers.log_rejected),
             (evt.EVT_ABORTED, handlers.log_aborted),
