@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import tempfile
 import time
 from collections.abc import Iterable
@@ -33,7 +34,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
+from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, build_context
 
 from .. import pixels
@@ -91,18 +92,30 @@ def associate(settings: DicomSettings, modality: Modality, contexts: list[Presen
     where = f"{modality.aet}@{modality.host}:{modality.port}"
     if not seen["connected"]:
         raise AssociationFailed(f"cannot connect to {where} (node down or port closed)")
-    rsp = assoc.acceptor.primitive
-    if assoc.is_rejected and rsp is not None:
+    rsp = assoc.acceptor.primitive or _unread_answer(assoc)
+    if rsp is not None and rsp.result in (0x01, 0x02):
         raise AssociationFailed(
             f"association rejected by {where}: {rsp.reason_str} ({rsp.result_str})"
         )
-    if not seen["answered"]:
-        if time.monotonic() - start < settings.acse_timeout:
-            raise AssociationFailed(f"{where} closed the connection without answering")
-        raise AssociationFailed(f"no answer from {where} within {settings.acse_timeout:g} s")
-    if rsp is not None and rsp.result == 0:
+    if rsp is not None:
         raise AssociationFailed(f"{where} accepted none of the proposed presentation contexts")
-    raise AssociationFailed(f"association aborted by {where}")
+    if seen["answered"]:
+        raise AssociationFailed(f"association aborted by {where}")
+    if time.monotonic() - start < settings.acse_timeout:
+        raise AssociationFailed(f"{where} closed the connection without answering")
+    raise AssociationFailed(f"no answer from {where} within {settings.acse_timeout:g} s")
+
+
+def _unread_answer(assoc: Association) -> A_ASSOCIATE | None:
+    """The A-ASSOCIATE answer pynetdicom received but never read: a peer that rejects and
+    closes at once can close before pynetdicom checks the connection, which then gives up."""
+    while True:
+        try:
+            primitive = assoc.dul.to_user_queue.get_nowait()
+        except queue.Empty:
+            return None
+        if isinstance(primitive, A_ASSOCIATE):
+            return primitive
 
 
 def contexts_for(items: Iterable[Outgoing]) -> list[PresentationContext]:
