@@ -87,7 +87,7 @@ def decompress_file(src: str, dst: str) -> str:
 
     try:
         ds = dcmread(src)
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)  # a syntax change, the same instance
         ds.save_as(dst, enforce_file_format=True)
     except Exception as exc:  # pydicom raises many kinds when a decoder is missing
         Path(dst).unlink(missing_ok=True)

@@ -74,6 +74,7 @@ def test_route_each_instance_to_storescp(appliance_factory: Any, scp_factory: An
     app = appliance_factory(config={
         "modalities": {"dest": node(scp.port)},
         "routes": {"all": {"destinations": ["dest"]}},
+        "queue": {"linger": 60},  # the association stays open between arrivals
     }).start()
     files = make_series(tmp_path / "in", 12)
     storescu(app, *files)
@@ -259,6 +260,7 @@ def test_compressed_instance_falls_back_to_uncompressed(appliance_factory: Any,
     wait_for(lambda: len(scp.files()) == 1 and pending(app, "dest") == 0, 60, "delivery")
     got = dcmread(scp.files()[0])
     assert not got.file_meta.TransferSyntaxUID.is_compressed
+    assert got.SOPInstanceUID == dcmread(source).SOPInstanceUID, "the same instance"
     original = dcmread(source)
     original.decompress()
     assert got.pixel_array.tobytes() == original.pixel_array.tobytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -68,10 +69,11 @@ def handle_store(event: Event, store: Store, metrics: DicomMetrics) -> int | Dat
 
 
 def store_received(store: Store, path: Path, expected: Expected, origin: Origin,
-                   sender: str, metrics: DicomMetrics) -> tuple[int, str]:
+                   sender: str, metrics: DicomMetrics | None) -> tuple[int, str]:
     """Hand a spooled C-STORE dataset to the store (which consumes ``path``); return the
     C-STORE status (PS3.4 B.2.3) and an error comment ("" on success). Shared by
-    ``handle_store`` and the fast path (``faststore``)."""
+    ``handle_store``, the fast path (``faststore``) and our own C-GET (``receiver``; no
+    ``metrics`` from the command line)."""
     started = time.perf_counter()
     try:
         size = path.stat().st_size
@@ -85,8 +87,20 @@ def store_received(store: Store, path: Path, expected: Expected, origin: Origin,
     except Exception as exc:
         log.exception("C-STORE of %s from %s failed", expected.sop_instance_uid, sender)
         return OUT_OF_RESOURCES, f"not stored: {type(exc).__name__}"[:64]
-    metrics.stored(origin.calling_aet, size, time.perf_counter() - started)
+    if metrics is not None:
+        metrics.stored(origin.calling_aet, size, time.perf_counter() - started)
     return SUCCESS, ""
+
+
+def receiver(store: Store, origin: Origin, sender: str) -> Callable[[Path, str, str], int]:
+    """Where the C-STORE sub-operations of our own C-GET go (``remote.get``'s
+    ``on_instance``): into the store, as any received instance."""
+
+    def receive(path: Path, sop_class_uid: str, sop_instance_uid: str) -> int:
+        expected = Expected(sop_class_uid, sop_instance_uid)
+        return store_received(store, path, expected, origin, sender, None)[0]
+
+    return receive
 
 
 def log_discarded(sender: str) -> None:
