@@ -677,11 +677,17 @@ def run_idle_cpu(lab: Lab, kind: type[Server]) -> IdleCpu:
 # --- the run ----------------------------------------------------------------------------------
 
 @dataclass
-class Results:
+class RunInfo:
+    """What heads every report: the machine, the versions, the mode and the data sets."""
+
     machine: dict[str, str]
     versions: dict[str, str]
     quick: bool
     sets: dict[str, dict[str, Any]]
+
+
+@dataclass
+class Results(RunInfo):
     cells: list[Cell]
     nagle: list[Cell]
     full_store: FullStore | None
@@ -938,9 +944,19 @@ def report(r: Results) -> str:
     out += [f"  {i.server:10} {i.cpu_percent:6.2f} %  ({i.associations} association"
             f"{'s' if i.associations > 1 else ' (serial server)'})" for i in r.idle_cpu]
     out += ["", "Targets"] + [t.line() for t in targets(r)]
-    if r.errors:
-        out += ["", "Failures (their cells show n/a)"] + [f"  {e}" for e in r.errors]
+    out += problems_and_failures([], r.errors)
     return "\n".join(out)
+
+
+def problems_and_failures(log_problems: list[str], errors: list[str]) -> list[str]:
+    """The report's closing sections: the servers' log problems and the failed measurements."""
+    out = []
+    if log_problems:
+        out += ["", f"Warnings and errors in the servers' logs ({len(log_problems)} lines,"
+                " first 20)"] + [f"  {ln}" for ln in log_problems[:20]]
+    if errors:
+        out += ["", "Failures (their cells show n/a)"] + [f"  {e}" for e in errors]
+    return out
 
 
 def save_json(body: dict[str, Any], prefix: str) -> Path:
@@ -1205,11 +1221,7 @@ def log_problems(server: Server) -> list[str]:
 
 
 @dataclass
-class QrResults:
-    machine: dict[str, str]
-    versions: dict[str, str]
-    quick: bool
-    sets: dict[str, dict[str, Any]]
+class QrResults(RunInfo):
     fills: list[int]
     loads: dict[str, str]
     prefills: list[Prefill]
@@ -1345,11 +1357,7 @@ def qr_report(r: QrResults) -> str:
         out.append(f"  {tool:8} appliance {fmt(app):>8}  orthanc {fmt(orth):>8}"
                    f"  app/orth {fmt(ratio(app, orth), '.2f')}x")
     out += ["", "Targets"] + [t.line() for t in qr_targets(r)]
-    if r.log_problems:
-        out += ["", f"Warnings and errors in the servers' logs ({len(r.log_problems)} lines,"
-                " first 20)"] + [f"  {ln}" for ln in r.log_problems[:20]]
-    if r.errors:
-        out += ["", "Failures (their cells show n/a)"] + [f"  {e}" for e in r.errors]
+    out += problems_and_failures(r.log_problems, r.errors)
     return "\n".join(out)
 
 
@@ -1470,11 +1478,7 @@ def run_forward_cell(lab: Lab, mode: str, data: DataSet, feeds: int, problems: l
 
 
 @dataclass
-class ForwardResults:
-    machine: dict[str, str]
-    versions: dict[str, str]
-    quick: bool
-    sets: dict[str, dict[str, Any]]
+class ForwardResults(RunInfo):
     cells: list[ForwardCell]
     log_problems: list[str]
     errors: list[str]
@@ -1556,11 +1560,7 @@ def forward_report(r: ForwardResults) -> str:
     out += ["load average per cell: " + "; ".join(f"{c.mode} {c.set} x{c.feeds} {c.load}"
                                                    for c in r.cells)]
     out += ["", "Targets"] + [t.line() for t in forward_targets(r)]
-    if r.log_problems:
-        out += ["", f"Warnings and errors in the servers' logs ({len(r.log_problems)} lines,"
-                " first 20)"] + [f"  {ln}" for ln in r.log_problems[:20]]
-    if r.errors:
-        out += ["", "Failures (their cells show n/a)"] + [f"  {e}" for e in r.errors]
+    out += problems_and_failures(r.log_problems, r.errors)
     return "\n".join(out)
 
 
