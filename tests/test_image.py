@@ -55,7 +55,7 @@ def image_key() -> str:
         top = ROOT / name
         files = [top] if top.is_file() else sorted(
             p for p in top.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and "out" not in p.relative_to(top).parts
+            if p.is_file() and not {"__pycache__", "out"} & set(p.relative_to(top).parts)
         )
         for path in files:
             digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
@@ -81,7 +81,8 @@ def image() -> Path:
         with open(ARTIFACTS / "image-build.log", "w") as log:
             subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=1200)
         MEASUREMENTS["build_seconds"] = round(time.monotonic() - started, 1)
-        MEASUREMENTS["compressed_mb"] = round((out / "appliance-amd64.raw.zst").stat().st_size / 1e6, 1)
+        compressed = (out / "appliance-amd64.raw.zst").stat().st_size
+        MEASUREMENTS["compressed_mb"] = round(compressed / 1e6, 1)
     return raw
 
 
@@ -126,7 +127,7 @@ class Vm:
         self.started = time.monotonic()
         with open(self.workdir / f"qemu-{self.boots}.log", "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self.echo_ok, timeout=BOOT_TIMEOUT, what="the appliance in the VM to answer C-ECHO")
+        wait_for(self.echo_ok, timeout=BOOT_TIMEOUT, what="C-ECHO from the appliance in the VM")
         seconds = time.monotonic() - self.started
         self.shell = socket.socket(socket.AF_UNIX)
         self.shell.connect(str(self.socket_path))
@@ -179,8 +180,8 @@ class Vm:
 @pytest.fixture(scope="module")
 def vm(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
     machine = Vm(image, tmp_path_factory.mktemp("vm"))
-    MEASUREMENTS["boot_to_ready_seconds"] = round(machine.boot(), 1)
     try:
+        MEASUREMENTS["boot_to_ready_seconds"] = round(machine.boot(), 1)
         yield machine
     finally:
         if machine.proc is not None and machine.proc.poll() is None:
@@ -214,6 +215,23 @@ def test_service_ready_and_system_as_designed(vm: Vm) -> None:
         / 1024, 1)
     ready_us = int(vm.check("systemctl show -p ActiveEnterTimestampMonotonic --value appliance"))
     MEASUREMENTS["kernel_to_ready_seconds"] = round(ready_us / 1e6, 1)
+
+
+def test_units_verify_in_the_image(vm: Vm) -> None:
+    """systemd-analyze verify, where the units run (their programs and users exist there)."""
+    units = vm.check("ls /etc/systemd/system/appliance*.service").split()
+    assert "/etc/systemd/system/appliance.service" in units
+    assert vm.sh(f"systemd-analyze verify {' '.join(units)}") == (0, "")
+
+
+def test_ssh_key_unit_verifies() -> None:
+    """The unit of --ssh-key images (not in the test image): verified on the host."""
+    if shutil.which("ssh-keygen") is None:
+        pytest.fail("ssh-keygen is not installed (tools/test installs openssh-client)")
+    result = subprocess.run(["systemd-analyze", "verify",
+                             str(ROOT / "systemd" / "appliance-ssh-keys.service")],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def store(vm: Vm, files: list[Path], *options: str) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,8 @@ VENV="$ROOT/.venv"
 RUN_PACKAGES=(python3 python3-venv python3-dev build-essential pkg-config libsystemd-dev dcmtk)
 TEST_PACKAGES=(orthanc curl procps)
 # image/build and its boot test (tests/test_image.py) under qemu with UEFI firmware.
-IMAGE_PACKAGES=(mmdebstrap e2fsprogs dosfstools mtools fdisk zstd qemu-system-x86 qemu-utils ovmf)
+IMAGE_PACKAGES=(mmdebstrap e2fsprogs dosfstools mtools fdisk zstd qemu-system-x86 qemu-utils ovmf
+                openssh-client)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
