@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, log
-from .config import Config, ConfigError, describe, load, to_dict
+from .config import Config, ConfigError, describe, to_dict
+from .configstore import ConfigStore
 
 logger = logging.getLogger("appliance")
 
@@ -31,16 +32,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _configs(args: argparse.Namespace) -> ConfigStore:
+    """The file, the settings saved at run time (modalities, routes...), then the flags."""
+    return ConfigStore.open(Path(args.config) if args.config else None, _overrides(args))
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return load(Path(args.config) if args.config else None, _overrides(args))
+    return _configs(args).current
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .runtime import serve
 
-    config = _config(args)
-    log.setup(config.log.level)
-    return serve(config)
+    configs = _configs(args)
+    log.setup(configs.current.log.level)
+    return serve(configs)
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
@@ -107,6 +113,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Ask the running appliance (this configuration's HTTP port) how it is: exit 0 ok,
+    1 degraded, 2 failing or unreachable (Nagios plugin conventions)."""
+    from .health.client import EXIT_CODES, fetch_health, lines
+    from .health.probes import loopback
+
+    url = args.url
+    if url is None:
+        http = _config(args).http
+        url = f"http://{loopback(http.host)}:{args.http_port or http.port}"
+    answer = fetch_health(url, args.timeout)
+    print("\n".join(lines(answer)))
+    return EXIT_CODES[answer.state]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="appliance", description="DICOM edge appliance")
     p.add_argument("--version", action="version", version=__version__)
@@ -129,6 +150,11 @@ def parser() -> argparse.ArgumentParser:
     command("reindex", cmd_reindex, "rebuild the index from the stored files")
     check = command("check-config", cmd_check_config, "validate and print the configuration")
     check.add_argument("--describe", action="store_true", help="list every setting")
+    health = command("health", cmd_health, "how is the running appliance? (exit 0/1/2)")
+    health.add_argument("--http-port", type=int, metavar="N", help="its HTTP port")
+    health.add_argument("--url", help="its base URL (default: this machine, configured port)")
+    health.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                        help="seconds to wait for the answer")
     return p
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydicom.datadict import tag_for_keyword
+
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: no backslash, no controls
 
 
@@ -45,6 +47,35 @@ class Modality:
     port: int = setting(104, "TCP port", min=1, max=65535)
     allow: list[Permission] = setting(
         ["echo", "store", "find", "move", "get"], "what this node may ask of us"
+    )
+    concurrency: int = setting(
+        1, "simultaneous associations the outbound queue opens to this node", min=1, max=16
+    )
+
+
+Trigger = Literal["instance", "series", "study"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A routing rule: what arrives and matches goes to ``destinations`` (modality names).
+
+    Each condition is a pattern, or a list of patterns of which one must match: exact by
+    default, ``*`` and ``?`` wildcards, or a regular expression written ``re:...``.
+    """
+
+    destinations: list[str] = setting([], "names of the known modalities to send to")
+    enabled: bool = setting(True, "whether the rule routes anything")
+    trigger: Trigger = setting(
+        "instance", "send each instance as it arrives, or the matching instances of a series "
+        "or study once it is stable (storage.stable_age)"
+    )
+    calling_aet: list[str] = setting([], "patterns the sender's AE title must match")
+    called_aet: list[str] = setting([], "patterns the AE title the sender called must match")
+    modality: list[str] = setting([], "patterns the series' Modality must match")
+    sop_class: list[str] = setting([], "patterns the SOP Class UID must match")
+    tags: dict[str, list[str]] = setting(
+        {}, "DICOM keyword -> patterns the instance's value must match"
     )
 
 
@@ -103,6 +134,52 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class QuotaSettings:
+    """Limits of the rotating store (0: no limit). The oldest unprotected, fully delivered data
+    is recycled to stay under them; when nothing can be, new instances are refused."""
+
+    max_storage_mb: float = setting(0.0, "most megabytes of stored files", min=0)
+    max_patients: int = setting(0, "most patients", min=0)
+    max_studies: int = setting(0, "most studies", min=0)
+    free_low_mb: float = setting(
+        0.0, "free space on the data filesystem below which recycling starts (and, when "
+        "nothing can be recycled, new instances are refused)", min=0
+    )
+    free_high_mb: float = setting(
+        0.0, "free space recycling restores once started (at least free_low_mb)", min=0
+    )
+    retention_days: float = setting(
+        0.0, "delete studies received more than this many days ago", min=0
+    )
+    retention_days_by_modality: dict[str, float] = setting(
+        {}, "retention of the studies that have a series of these modalities (days)"
+    )
+    granularity: Literal["study", "patient"] = setting("study", "what is recycled at once")
+    check_interval: float = setting(
+        60.0, "seconds between background checks (retention, free space)", min=0.1
+    )
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    batch: int = setting(64, "most instances a destination worker sends per batch", min=1)
+    linger: float = setting(
+        2.0, "seconds an idle association to a destination stays open for the next instance",
+        min=0,
+    )
+    retry_initial: float = setting(
+        30.0, "seconds before the first retry; each failure doubles it", min=0.1
+    )
+    retry_max: float = setting(3600.0, "longest wait between two retries (seconds)", min=0.1)
+    max_attempts: int = setting(
+        30, "attempts after which an entry is failed (kept, retryable by hand)", min=1
+    )
+    max_age: float = setting(
+        259200.0, "seconds after which an undelivered entry is failed (kept, retryable)", min=1
+    )
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     port: int = setting(8042, "HTTP port of the web page and APIs", min=1, max=65535)
     host: str = setting(
@@ -118,6 +195,43 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """Health checks (``/health``, ``appliance health``, the systemd watchdog) and metrics."""
+
+    public: bool = setting(
+        True, "/health and /metrics readable by anyone (false: from this machine only, until "
+        "accounts exist)"
+    )
+    interval: float = setting(10.0, "seconds between two background runs of the checks",
+                              min=0.1)
+    timeout: float = setting(
+        5.0, "seconds a check may take before it counts as failing (a wedged component)",
+        min=0.1
+    )
+    disk_degraded_mb: float = setting(
+        2048.0, "free space on the data filesystem below which the box is degraded", min=0
+    )
+    disk_failing_mb: float = setting(
+        256.0, "free space on the data filesystem below which the box is failing", min=0
+    )
+    max_silence: dict[str, float] = setting(
+        {}, "per calling AE title, the longest silence (seconds) before the source is "
+        "reported silent (degraded), e.g. {\"PETCAM\": 86400}"
+    )
+    max_queue_age: float = setting(
+        3600.0, "seconds the oldest pending entry of a destination may wait before the "
+        "destination is degraded", min=1
+    )
+    max_consecutive_failures: int = setting(
+        5, "failed attempts in a row after which a destination is degraded", min=1
+    )
+    busy_grace: float = setting(
+        300.0, "seconds every association slot may stay taken (the self C-ECHO refused) "
+        "before the DICOM listener counts as failing rather than busy", min=0
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     data: str = setting("", "data directory (index and files); default: ./data in the checkout")
     dicom: DicomSettings = setting(DicomSettings(), "DICOM network")
@@ -125,6 +239,10 @@ class Config:
     http: HttpSettings = setting(HttpSettings(), "web server")
     log: LogSettings = setting(LogSettings(), "logging")
     modalities: dict[str, Modality] = setting({}, "known remote nodes, by name")
+    routes: dict[str, Route] = setting({}, "routing rules, by name")
+    queue: QueueSettings = setting(QueueSettings(), "the outbound queue")
+    quota: QuotaSettings = setting(QuotaSettings(), "the rotating storage quota")
+    health: HealthSettings = setting(HealthSettings(), "health checks, watchdog and metrics")
 
     @property
     def data_dir(self) -> Path:
@@ -194,30 +312,64 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+WHOLE = ("modalities", "routes")  # replaced as a whole by an override, so entries can be removed
+
+
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge ``override`` into a copy of ``base``."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "modalities":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in WHOLE:
             out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
+def read_file(path: Path | None) -> dict[str, Any]:
+    """The values of a JSON configuration file (none for no file)."""
+    if path is None:
+        return {}
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such configuration file") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the configuration must be a JSON object")
+    return values
+
+
 def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the JSON file at ``path``, then ``overrides`` (from the command line)."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: no such configuration file") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: the configuration must be a JSON object")
-    return build(Config, merge(values, overrides or {}))
+    return validated(merge(read_file(path), overrides or {}))
+
+
+def validated(values: dict[str, Any]) -> Config:
+    """Build the configuration and check what types alone cannot: references and patterns."""
+    config = typing.cast(Config, build(Config, values))
+    for name, route in config.routes.items():
+        for dest in route.destinations:
+            if dest not in config.modalities:
+                raise ConfigError(f"routes.{name}.destinations: {dest!r} is not a known modality")
+        for keyword in route.tags:
+            if tag_for_keyword(keyword) is None:
+                raise ConfigError(f"routes.{name}.tags: {keyword!r} is not a DICOM keyword")
+        patterns = [("calling_aet", route.calling_aet), ("called_aet", route.called_aet),
+                    ("modality", route.modality), ("sop_class", route.sop_class),
+                    *((f"tags.{k}", v) for k, v in route.tags.items())]
+        for key, values_ in patterns:
+            for pattern in values_:
+                if pattern.startswith("re:"):
+                    try:
+                        re.compile(pattern[3:])
+                    except re.error as exc:
+                        raise ConfigError(
+                            f"routes.{name}.{key}: {pattern!r} is not a valid regular "
+                            f"expression ({exc})"
+                        ) from exc
+    return config
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -12,10 +12,16 @@ from types import FrameType
 
 from systemd import daemon
 
-from .config import Config
+from . import pixels
+from .configstore import ConfigStore
 from .dicom.scp import DicomServer
+from .health.service import Monitor
+from .routing.service import Routing
+from .routing.worker import Dispatcher
 from .storage.fsck import reconcile
 from .store import Store
+from .web.api import health as health_api
+from .web.api import routing as routing_api
 from .web.app import HttpServer
 
 log = logging.getLogger("appliance")
@@ -44,21 +50,32 @@ class DataLock:
 
 
 class Appliance:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.lock = DataLock(config.data_dir)
-        self.store = Store(config)
+    def __init__(self, configs: ConfigStore) -> None:
+        self.configs = configs
+        self.config = configs.current
+        self.lock = DataLock(self.config.data_dir)
+        self.store = Store(self.config)
+        configs.subscribe(self.store.reconfigure)
+        self.dispatcher = Dispatcher(configs, self.store)
+        self.monitor = Monitor(configs, self.store, self.dispatcher)
         self.dicom: DicomServer | None = None
         self.http: HttpServer | None = None
 
     def start(self) -> None:
-        """Reconcile first, then open the ports, then tell systemd we are ready."""
+        """Reconcile first, then resume the outbound queue, then open the ports, then tell
+        systemd we are ready."""
         self.store.start()
         reconcile(self.store, repair=True)
-        self.dicom = DicomServer(self.config, self.store)
-        self.http = HttpServer(self.config, self.store)
+        self.store.governor.start()
+        self.dispatcher.start()
+        self.dicom = DicomServer(self.configs, self.store, self.monitor.dicom)
+        routing = Routing(self.configs, self.store, self.dispatcher)
+        self.http = HttpServer(self.config, self.store,
+                               [lambda app: routing_api.install(app, routing),
+                                lambda app: health_api.install(app, self.monitor)])
         self.dicom.start()
         threading.Thread(target=self.http.serve, name="http", daemon=True).start()
+        self.monitor.start(self.dicom.port)
         daemon.notify("READY=1")
         log.info("ready: DICOM %s on port %d, HTTP on port %d, data in %s",
                  self.config.dicom.aet, self.dicom.port, self.http.port, self.config.data_dir)
@@ -66,16 +83,19 @@ class Appliance:
     def stop(self) -> None:
         daemon.notify("STOPPING=1")
         log.info("stopping: no new associations, finishing those in flight")
+        self.monitor.stop()
         if self.dicom is not None:
             self.dicom.stop(SHUTDOWN_GRACE)
         if self.http is not None:
             self.http.stop()
+        self.dispatcher.stop()
+        pixels.worker.stop()
         self.store.stop()
         self.lock.release()
         log.info("stopped")
 
 
-def serve(config: Config) -> int:
+def serve(configs: ConfigStore) -> int:
     """Run until SIGTERM or SIGINT; exit 0 after an orderly stop."""
     stop = threading.Event()
 
@@ -84,7 +104,7 @@ def serve(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    appliance = Appliance(config)
+    appliance = Appliance(configs)
     try:
         appliance.start()
     except BaseException:

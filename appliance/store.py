@@ -10,7 +10,7 @@ then may a caller report success.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,12 +22,17 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from .config import Config
+from .index import resources
 from .index.db import Writer, open_database
-from .index.delete import delete_instances
-from .index.ingest import FileInfo, Origin, Recorded, forget_parents, record_instance
+from .index.delete import delete_instances, emptied
+from .index.ids import public_ids
+from .index.ingest import FileInfo, Origin, Queued, Recorded, forget_parents, record_instance
 from .index.models import Instance
+from .index.quota import set_protected
 from .index.tags import BadInstance, InstanceTags, read_instance_tags
+from .routing.rules import Planned, Rules
 from .storage.area import StorageArea, md5_file
+from .storage.governor import Governor
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +59,59 @@ class Store:
             self.db, self.area.flush, config.storage.commit_batch, on_rollback=forget_parents
         )
         self.log_patients = config.log.patient_data
+        self.rules = Rules(config)  # replaced when the configuration changes
+        self.governor = Governor(root, lambda: self.config.quota, self.delete)
+        # told which destinations have new pending entries (after their commit)
+        self.on_queued: Callable[[set[str]], None] = lambda destinations: None
 
     def start(self) -> None:
         self.writer.start()
 
+    def reconfigure(self, config: Config) -> None:
+        """A new configuration: the routes and store settings apply to the next instance."""
+        self.config = config
+        self.rules = Rules(config)
+
     def stop(self) -> None:
+        self.governor.stop()
         self.writer.stop()
         self.db.close()
 
     def receive(self, tmp_path: Path, origin: Origin, expected: Expected | None = None) -> Recorded:
         """Make the received file ``tmp_path`` a durable, indexed instance (or raise
-        ``BadInstance``). The file is consumed either way."""
+        ``BadInstance``), queued for the destinations its routes name. The file is consumed
+        either way."""
         try:
             tags = read_instance_tags(tmp_path)
             if expected is not None:
                 check_expected(tags, expected)
             info = FileInfo("", tmp_path.stat().st_size, md5_file(tmp_path))
+            planned = self.rules.match(tags, origin, tmp_path)
+            ids = public_ids(tags.patient_id, tags.study_uid, tags.series_uid, tags.sop_uid)
+            reserved = self.governor.admit(info.size, ids.study, ids.patient)
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
+        recorded = None
+        try:
+            recorded = self._store_file(tmp_path, tags, info, origin, planned)
+        finally:
+            if reserved:
+                self.governor.settle(info.size, recorded is not None
+                                     and recorded.outcome == "stored")
+        now = {p.destination for p in planned if p.trigger == "instance"}
+        if now and recorded.outcome != "kept-first":
+            self.on_queued(now)
+        return recorded
+
+    def _store_file(self, tmp_path: Path, tags: InstanceTags, info: FileInfo, origin: Origin,
+                    planned: list[Planned]) -> Recorded:
         name = self.area.adopt(tmp_path)
         overwrite = self.config.storage.duplicates == "overwrite"
+        queued = [(p.route, p.destination, p.trigger) for p in planned]
         try:
             return self._record(
-                tags, FileInfo(name, info.size, info.md5), origin, overwrite, True
+                tags, FileInfo(name, info.size, info.md5), origin, overwrite, True, queued
             )
         except BaseException:
             self.area.remove(name)  # never acknowledged: the file must not stay
@@ -91,9 +125,9 @@ class Store:
         return self._record(tags, info, Origin(kind="Reindex"), False, False)
 
     def _record(self, tags: InstanceTags, info: FileInfo, origin: Origin, overwrite: bool,
-                new_file: bool) -> Recorded:
+                new_file: bool, queued: Sequence[Queued] = ()) -> Recorded:
         recorded = self.writer.submit(
-            lambda: record_instance(tags, info, origin, overwrite), new_file
+            lambda: record_instance(tags, info, origin, overwrite, queued), new_file
         ).result()
         for obsolete in (recorded.unused_file, recorded.replaced_file):
             if obsolete:
@@ -101,11 +135,29 @@ class Store:
         self._log_recorded(recorded, tags, origin)
         return recorded
 
+    def delete_resource(self, level: str, public_id: str, reason: str) -> int | None:
+        """Delete a patient, study, series or instance with everything under it (None: no
+        such resource); recorded in the change log with ``reason``."""
+        keys = resources.instance_keys(level, public_id)
+        return None if keys is None else self.delete(keys, reason)
+
+    def protect(self, level: str, public_id: str, protected: bool,
+                until: float | None = None) -> bool:
+        """Pin a patient or study against recycling (until ``until``, if given)."""
+        return bool(self.writer.run(
+            lambda: set_protected(level, public_id, protected, until)))
+
     def delete(self, instance_keys: list[int], reason: str) -> int:
         files = self.writer.run(lambda: delete_instances(instance_keys, reason))
+        self.empty_trash(files)
+        return len(files)
+
+    def empty_trash(self, files: list[str]) -> None:
+        """Remove the files of deleted rows, then forget them."""
         for name in files:
             self.area.remove(name)
-        return len(files)
+        if files:
+            self.writer.run(lambda: emptied(files))
 
     def open_instance(self, public_id: str) -> BinaryIO | None:
         """The stored bytes of an instance, or None if there is no such instance."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,6 +12,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
+from ..health.metrics import DicomMetrics
 from ..index.ingest import Origin
 from ..index.tags import BadInstance
 from ..store import Expected, Store
@@ -20,6 +22,7 @@ log = logging.getLogger("appliance.dicom")
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+LOOPBACK = {"127.0.0.1", "::1"}
 
 
 def peer_of(assoc: Association) -> str:
@@ -52,24 +55,26 @@ def handle_echo(event: Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: Event, store: Store) -> int | Dataset:
+def handle_store(event: Event, store: Store, metrics: DicomMetrics) -> int | Dataset:
     """C-STORE: answer success only once the instance is durable and indexed."""
     request = cast(C_STORE, event.request)
     expected = Expected(
         str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
     )
     code, comment = store_received(
-        store, Path(event.dataset_path), expected, origin_of(event.assoc), peer(event)
+        store, Path(event.dataset_path), expected, origin_of(event.assoc), peer(event), metrics
     )
     return status(code, comment) if comment else code
 
 
 def store_received(store: Store, path: Path, expected: Expected, origin: Origin,
-                   sender: str) -> tuple[int, str]:
+                   sender: str, metrics: DicomMetrics) -> tuple[int, str]:
     """Hand a spooled C-STORE dataset to the store (which consumes ``path``); return the
     C-STORE status (PS3.4 B.2.3) and an error comment ("" on success). Shared by
     ``handle_store`` and the fast path (``faststore``)."""
+    started = time.perf_counter()
     try:
+        size = path.stat().st_size
         store.receive(path, origin, expected)
     except BadInstance as exc:
         log.warning(
@@ -80,6 +85,7 @@ def store_received(store: Store, path: Path, expected: Expected, origin: Origin,
     except Exception as exc:
         log.exception("C-STORE of %s from %s failed", expected.sop_instance_uid, sender)
         return OUT_OF_RESOURCES, f"not stored: {type(exc).__name__}"[:64]
+    metrics.stored(origin.calling_aet, size, time.perf_counter() - started)
     return SUCCESS, ""
 
 
@@ -98,12 +104,20 @@ def discard_partial(event: Event) -> None:
     log_discarded(peer(event))
 
 
+def from_ourselves(assoc: Association) -> bool:
+    """Our own health check's C-ECHO (every few seconds: not worth a log line each)."""
+    req = assoc.requestor
+    return req.ae_title == assoc.acceptor.ae_title and req.address in LOOPBACK
+
+
 def log_accepted(event: Event) -> None:
-    log.info("association accepted from %s", peer(event))
+    level = logging.DEBUG if from_ourselves(event.assoc) else logging.INFO
+    log.log(level, "association accepted from %s", peer(event))
 
 
 def log_rejected(event: Event) -> None:
-    log.warning("association rejected from %s", peer(event))
+    level = logging.DEBUG if from_ourselves(event.assoc) else logging.WARNING
+    log.log(level, "association rejected from %s", peer(event))
 
 
 def log_aborted(event: Event) -> None:

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from ..config import Config, Permission
+from ..configstore import ConfigStore
 from ..index import search
 from ..index.models import database
 from ..store import Store
@@ -83,8 +84,10 @@ def parse(event: Event, config: Config, retrieve: bool) -> Query:
     return query
 
 
-def handle_find(event: Event, config: Config, store: Store) -> Iterator[tuple[Any, Any]]:
+def handle_find(event: Event, configs: ConfigStore, store: Store
+                ) -> Iterator[tuple[Any, Any]]:
     """C-FIND (PS3.4 C.4.1): one pending response per matching entity, then success."""
+    config = configs.current
     try:
         check_allowed(event, config, "find")
         query = parse(event, config, retrieve=False)
@@ -137,11 +140,11 @@ def _plan(event: Event, config: Config, store: Store, operation: Permission) -> 
     return Plan(items, config.dicom, destination)
 
 
-def handle_move(event: Event, config: Config, store: Store) -> Plan | Refusal:
+def handle_move(event: Event, configs: ConfigStore, store: Store) -> Plan | Refusal:
     """C-MOVE (PS3.4 C.4.2): resolve the instances; ``retrieve.py`` sends them."""
-    return _plan(event, config, store, "move")
+    return _plan(event, configs.current, store, "move")
 
 
-def handle_get(event: Event, config: Config, store: Store) -> Plan | Refusal:
+def handle_get(event: Event, configs: ConfigStore, store: Store) -> Plan | Refusal:
     """C-GET (PS3.4 C.4.3): resolve the instances; sent back over the same association."""
-    return _plan(event, config, store, "get")
+    return _plan(event, configs.current, store, "get")

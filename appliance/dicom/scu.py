@@ -7,8 +7,9 @@ Per instance the session picks an accepted presentation context for its SOP clas
 
 * the stored transfer syntax is accepted: the file's bytes are sent untouched
   (``send_c_store(path)``, streamed in chunks when ``STORE_SEND_CHUNKED_DATASET`` is set);
-* only an uncompressed syntax is: the dataset is decompressed by pydicom (if its installed
-  pixel data handlers can) and pynetdicom re-encodes it in the accepted syntax;
+* only an uncompressed syntax is: a compressed instance is decompressed by pydicom in the pixel
+  helper process (``pixels.py``; if an installed decoder can) and the copy is sent; an
+  uncompressed one is re-encoded by pynetdicom in the accepted syntax;
 * otherwise the instance fails, with a log line naming what the peer accepted.
 
 Outgoing associations use pynetdicom's standard requestor ``Association`` (``AE.associate``):
@@ -18,6 +19,8 @@ the event-driven reactor of ``reactor.py`` is only wired for the acceptor side.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
+from .. import pixels
 from ..config import DicomSettings, Modality
 from .reactor import tune_socket
 
@@ -77,6 +81,10 @@ def contexts_for(items: Iterable[Outgoing]) -> list[PresentationContext]:
     return contexts[:MAX_CONTEXTS]
 
 
+def pairs_of(items: Iterable[Outgoing]) -> frozenset[tuple[str, str]]:
+    return frozenset((item.sop_class_uid, item.transfer_syntax) for item in items)
+
+
 def make_ae(settings: DicomSettings) -> AE:
     """An AE for outgoing associations, with our title and timeouts."""
     ae = AE(ae_title=settings.aet)
@@ -90,14 +98,19 @@ def make_ae(settings: DicomSettings) -> AE:
 class StoreSession:
     """C-STORE over an established association, choosing a context per instance."""
 
-    def __init__(self, assoc: Association, originator: tuple[str, int] | None = None) -> None:
+    def __init__(self, assoc: Association, originator: tuple[str, int] | None = None,
+                 proposed: frozenset[tuple[str, str]] = frozenset()) -> None:
         self.assoc = assoc
         self.originator = originator  # (AE title, message ID) of a C-MOVE request
+        self.proposed = proposed  # (SOP class, transfer syntax) pairs we proposed
+        self.last_error = ""  # why the last ``send`` returned FAILED
+        self.sent = 0  # message IDs of our own: 1, 2, ...
 
     @classmethod
     def open(cls, settings: DicomSettings, modality: Modality, items: Iterable[Outgoing],
              originator: tuple[str, int] | None = None) -> StoreSession:
         """Associate with ``modality``, proposing the contexts ``items`` need."""
+        items = list(items)
         ae = make_ae(settings)
         assoc = ae.associate(modality.host, modality.port, contexts=contexts_for(items),
                              ae_title=modality.aet)
@@ -108,7 +121,11 @@ class StoreSession:
         if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
             # without it each C-STORE waits for the peer's delayed ACK (~40 ms)
             tune_socket(assoc.dul.socket.socket)
-        return cls(assoc, originator)
+        return cls(assoc, originator, pairs_of(items))
+
+    def covers(self, items: Iterable[Outgoing]) -> bool:
+        """Whether this association was proposed everything ``items`` need."""
+        return pairs_of(items) <= self.proposed
 
     @property
     def alive(self) -> bool:
@@ -118,32 +135,41 @@ class StoreSession:
         if self.assoc.is_established:
             self.assoc.release()
 
-    def send(self, item: Outgoing, msg_id: int = 1) -> int:
-        """Send one instance; return the peer's C-STORE status (``FAILED`` if not sent)."""
+    def send(self, item: Outgoing, msg_id: int | None = None) -> int:
+        """Send one instance; return the peer's C-STORE status (``FAILED`` if not sent, with
+        the reason in ``last_error``)."""
         accepted = self._accepted_syntaxes(item.sop_class_uid)
         if not accepted:
-            log.warning("instance %s not sent: %s has no accepted presentation context",
-                        item.sop_uid, UID(item.sop_class_uid).name)
-            return FAILED
+            return self._fail(item, f"{UID(item.sop_class_uid).name} has no accepted "
+                                    "presentation context")
         payload: Path | Dataset = item.path
         if item.transfer_syntax not in accepted:
             converted = self._convert(item, accepted)
-            if converted is None:
-                return FAILED
+            if isinstance(converted, str):
+                return self._fail(item, converted)
             payload = converted
+        if msg_id is None:
+            self.sent += 1
+            msg_id = self.sent % 65535 + 1
         try:
             aet, orig_id = self.originator or (None, None)
             status = self.assoc.send_c_store(
                 payload, msg_id=msg_id, originator_aet=aet, originator_id=orig_id
             )
         except (ValueError, RuntimeError, AttributeError, OSError) as exc:
-            log.warning("instance %s not sent: %s", item.sop_uid, exc)
-            return FAILED
+            return self._fail(item, str(exc))
+        finally:
+            if isinstance(payload, Path) and payload != item.path:
+                payload.unlink(missing_ok=True)  # a decompressed temporary copy
         code = status.get("Status")
         if code is None:
-            log.warning("instance %s: no C-STORE response (timeout or abort)", item.sop_uid)
-            return FAILED
+            return self._fail(item, "no C-STORE response (timeout or abort)")
         return int(code)
+
+    def _fail(self, item: Outgoing, reason: str) -> int:
+        log.warning("instance %s not sent: %s", item.sop_uid, reason)
+        self.last_error = reason
+        return FAILED
 
     def _accepted_syntaxes(self, sop_class: str) -> set[str]:
         return {
@@ -151,21 +177,22 @@ class StoreSession:
             if cx.abstract_syntax == sop_class and cx.as_scu
         }  # fmt: skip
 
-    def _convert(self, item: Outgoing, accepted: set[str]) -> Dataset | None:
-        """The dataset in an uncompressed syntax the peer accepts, or None (logged)."""
+    def _convert(self, item: Outgoing, accepted: set[str]) -> Path | Dataset | str:
+        """The instance in an uncompressed syntax the peer accepts — a decompressed temporary
+        file (the caller removes it) or a dataset pynetdicom re-encodes — or why it cannot be."""
         names = ", ".join(sorted(UID(ts).name for ts in accepted))
         if not any(ts in accepted for ts in FALLBACK_SYNTAXES):
-            log.warning("instance %s not sent: stored as %s, the peer accepts only %s",
-                        item.sop_uid, UID(item.transfer_syntax).name, names)
-            return None
+            return f"stored as {UID(item.transfer_syntax).name}, the peer accepts only {names}"
+        if not UID(item.transfer_syntax).is_compressed:
+            return dcmread(item.path)  # uncompressed to uncompressed: pynetdicom re-encodes
+        fd, name = tempfile.mkstemp(suffix=".dcm")  # the store's tmp/ when serving
+        os.close(fd)
         try:
-            ds = dcmread(item.path)
-            if UID(item.transfer_syntax).is_compressed:
-                ds.decompress()
-        except Exception as exc:  # pydicom raises many kinds when a decoder is missing
-            log.warning(
-                "instance %s not sent: the peer accepts only %s and decompressing %s "
-                "failed: %s", item.sop_uid, names, UID(item.transfer_syntax).name, exc,
-            )
-            return None
-        return ds
+            error = pixels.worker.run(pixels.decompress_file, str(item.path), name)
+        except (pixels.PixelError, TimeoutError) as exc:
+            error = str(exc)
+        if error:
+            Path(name).unlink(missing_ok=True)
+            return (f"the peer accepts only {names} and decompressing "
+                    f"{UID(item.transfer_syntax).name} failed: {error}")
+        return Path(name)

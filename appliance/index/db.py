@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from peewee import SqliteDatabase
+from playhouse.migrate import SqliteMigrator
+from playhouse.migrate import migrate as migrate_ops
 
 from .models import MODELS, database
 
@@ -35,7 +37,7 @@ PRAGMAS = {
     "wal_autocheckpoint": 4000,
 }
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3  # 2: routing, quota; 3: health heartbeat
 
 
 def open_database(path: Path) -> SqliteDatabase:
@@ -54,11 +56,23 @@ def migrate(db: SqliteDatabase) -> None:
         raise RuntimeError(
             f"index schema {version} is newer than this software ({SCHEMA_VERSION})"
         )
-    if version < 1:
+    if version < SCHEMA_VERSION:
         with db.atomic():
-            db.create_tables(MODELS)
-            db.execute_sql("PRAGMA user_version = 1")
-        log.info("index created (schema %d)", SCHEMA_VERSION)
+            db.create_tables(MODELS)  # safe=True: only the tables a version added are new
+            add_missing_columns(db)
+            db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        log.info("index schema %d -> %d", version, SCHEMA_VERSION)
+
+
+def add_missing_columns(db: SqliteDatabase) -> None:
+    """Columns a later schema added to an existing table (nullable or with a default)."""
+    migrator = SqliteMigrator(db)
+    for model in MODELS:
+        table = model._meta.table_name
+        have = {c.name for c in db.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name not in have:
+                migrate_ops(migrator.add_column(table, field.column_name, field))
 
 
 Job = Callable[[], Any]

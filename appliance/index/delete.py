@@ -9,15 +9,15 @@ from typing import Any
 from peewee import fn
 
 from .ingest import forget_parents
-from .models import Change, Instance, Patient, Series, Study, tuples
+from .models import Change, Instance, Patient, Series, Study, Trash, tuples
 
 
 def delete_instances(keys: Iterable[int], reason: str) -> list[str]:
     """Delete the instance rows ``keys`` and any series, study or patient left empty.
 
     Returns the storage names of the deleted instances' files: the caller removes them after
-    the commit (rows first, then files: a crash in between leaves only orphan files, which
-    reconciliation removes).
+    the commit, then calls ``emptied`` (rows first, then files: a crash in between leaves files
+    listed in the trash, which reconciliation removes).
     """
     now = time.time()
     keys = list(keys)
@@ -29,11 +29,24 @@ def delete_instances(keys: Iterable[int], reason: str) -> list[str]:
         return []
     forget_parents()
     Instance.delete().where(Instance.id.in_([r[0] for r in rows])).execute()
-    for _, public_id, _, _ in rows:
-        _log("Deleted", "Instance", public_id, now, reason)
+    names = [{"file": r[2]} for r in rows]
+    for start in range(0, len(names), 500):
+        Trash.insert_many(names[start:start + 500]).on_conflict_ignore().execute()
+    _log("Instance", [r[1] for r in rows], now, reason)
     series_keys = {r[3] for r in rows}
     _prune(Series, Instance.series, series_keys, "Series", now, reason)
     return [r[2] for r in rows]
+
+
+def trash() -> list[str]:
+    """Files of deleted rows that may still be on disk."""
+    return [name for (name,) in tuples(Trash.select(Trash.file))]
+
+
+def emptied(names: list[str]) -> None:
+    """Writer job: these files are gone."""
+    for start in range(0, len(names), 500):
+        Trash.delete().where(Trash.file.in_(names[start:start + 500])).execute()
 
 
 def _prune(model: Any, child_fk: Any, keys: set[int], resource: str, now: float,
@@ -52,8 +65,8 @@ def _prune(model: Any, child_fk: Any, keys: set[int], resource: str, now: float,
         if parent_field is not None
         else set()
     )
-    for (public_id,) in model.select(model.public_id).where(model.id.in_(empty)).tuples():
-        _log("Deleted", resource, public_id, now, reason)
+    _log(resource, [pid for (pid,) in tuples(model.select(model.public_id)
+                                             .where(model.id.in_(empty)))], now, reason)
     model.delete().where(model.id.in_(empty)).execute()
     if model is Series:
         _prune(Study, Series.study, parents, "Study", now, reason)
@@ -61,8 +74,8 @@ def _prune(model: Any, child_fk: Any, keys: set[int], resource: str, now: float,
         _prune(Patient, Study.patient, parents, "Patient", now, reason)
 
 
-def _log(change_type: str, resource: str, public_id: str, now: float, reason: str) -> None:
-    Change.insert(
-        change_type=change_type, resource_type=resource, public_id=public_id, date=now,
-        reason=reason,
-    ).execute()
+def _log(resource: str, public_ids: list[str], now: float, reason: str) -> None:
+    rows = [{"change_type": "Deleted", "resource_type": resource, "public_id": public_id,
+             "date": now, "reason": reason} for public_id in public_ids]
+    for start in range(0, len(rows), 500):
+        Change.insert_many(rows[start:start + 500]).execute()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -109,8 +110,28 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+INSERT_OUTBOUND = (
+    "INSERT INTO outbound (instance_id, destination, route, state, trigger, group_key,"
+    " next_attempt, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# (route, destination, trigger) of each queue entry an instance needs
+Queued = tuple[str, str, str]
+
+
+def _enqueue(instance: int, series: int, study: int, queued: Sequence[Queued],
+             now: float) -> None:
+    """Queue entries are made in the transaction that records the instance: no acknowledged
+    instance is ever neither delivered nor queued. Stable triggers wait ``held``."""
+    for route, destination, trigger in queued:
+        state, group = {"instance": ("pending", 0), "series": ("held", series),
+                        "study": ("held", study)}[trigger]
+        _sql(INSERT_OUTBOUND, (instance, destination, route, state, trigger, group, now, now))
+
+
 def record_instance(
-    tags: InstanceTags, file: FileInfo, origin: Origin, overwrite: bool
+    tags: InstanceTags, file: FileInfo, origin: Origin, overwrite: bool,
+    queued: Sequence[Queued] = (),
 ) -> Recorded:
     ids = public_ids(tags.patient_id, tags.study_uid, tags.series_uid, tags.sop_uid)
     now = time.time()
@@ -135,7 +156,9 @@ def record_instance(
     if existing is not None:
         _sql(UPDATE_INSTANCE, (*values, existing[0]))
         _sql(INSERT_CHANGE, ("UpdatedInstance", "Instance", ids.instance, now))
+        _enqueue(existing[0], series, study, queued, now)
         return Recorded("overwritten", ids, replaced_file=existing[1])
-    _sql(INSERT_INSTANCE, (ids.instance, *values))
+    key = _sql(INSERT_INSTANCE, (ids.instance, *values)).lastrowid
     _sql(INSERT_CHANGE, ("NewInstance", "Instance", ids.instance, now))
+    _enqueue(key, series, study, queued, now)
     return Recorded("stored", ids)

@@ -48,6 +48,7 @@ class Patient(BaseModel):
     patient_name = CharField(default="", index=True, constraints=[EMPTY])
     tags = JSONField()
     protected = BooleanField(default=False, constraints=[SQL("DEFAULT 0")])
+    protected_until = FloatField(null=True)  # a pin's expiry (None: until unprotected)
     created = FloatField()
     last_update = FloatField(index=True)
 
@@ -61,6 +62,7 @@ class Study(BaseModel):
     accession_number = CharField(default="", index=True, constraints=[EMPTY])
     tags = JSONField()
     protected = BooleanField(default=False, constraints=[SQL("DEFAULT 0")])
+    protected_until = FloatField(null=True)
     created = FloatField()
     last_update = FloatField(index=True)
 
@@ -105,9 +107,67 @@ class Change(BaseModel):
     reason = CharField(default="", constraints=[EMPTY])
 
 
+class Outbound(BaseModel):
+    """The durable outbound queue: one row per (instance, destination) not yet delivered.
+
+    Rows are created in the transaction that records the instance (``pending``, or ``held``
+    until its series or study is stable), deleted once the destination answered success, and
+    become ``failed`` (kept, retryable by hand) after too many attempts or too long.
+    """
+
+    id = AutoField()
+    instance = ForeignKeyField(Instance, on_delete="CASCADE", index=True)
+    destination = CharField()
+    route = CharField(default="", constraints=[EMPTY])  # "" for a send asked by hand
+    state = CharField(constraints=[SQL("DEFAULT 'pending'")])  # pending | held | failed
+    trigger = CharField(default="instance", constraints=[SQL("DEFAULT 'instance'")])
+    group_key = BigIntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # series/study key
+    attempts = BigIntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    next_attempt = FloatField()
+    created = FloatField()
+    last_error = CharField(default="", constraints=[EMPTY])
+
+    class Meta:
+        indexes = ((("destination", "state", "next_attempt"), False),
+                   (("state", "trigger", "group_key"), False))
+
+
+class Export(BaseModel):
+    """The export log: every send attempt's outcome, kept after the instance is gone."""
+
+    seq = AutoField()
+    date = FloatField(index=True)
+    destination = CharField()
+    remote_aet = CharField()
+    instance_id = CharField()  # public IDs and UIDs copied: the log outlives deletions
+    sop_uid = CharField()
+    series_uid = CharField()
+    study_uid = CharField()
+    patient_id = CharField()
+    route = CharField(default="", constraints=[EMPTY])
+    status = BigIntegerField()  # the C-STORE status, or 0xA700 when nothing was sent
+    outcome = CharField()  # success | warning | failure | failed (gave up) | cancelled
+    error = CharField(default="", constraints=[EMPTY])
+
+
+class Trash(BaseModel):
+    """Files whose rows were deleted, until the files are gone too: a crash in between must
+    not let reconciliation take them for unindexed files and bring them back."""
+
+    file = CharField(primary_key=True)
+
+
+class Heartbeat(BaseModel):
+    """The health check's proof that the index takes writes: one row per writer of beats."""
+
+    name = CharField(primary_key=True)
+    beat = FloatField()
+
+
 def tuples(query: Any) -> list[tuple[Any, ...]]:
     """A query's rows as tuples (peewee's typing calls them model instances)."""
     return list(query.tuples())
 
 
-MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change]
+MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change, Outbound, Export, Trash,
+                                 Heartbeat]

@@ -8,7 +8,7 @@ from typing import Any
 
 from peewee import JOIN, fn
 
-from .models import Instance, Patient, Series, Study
+from .models import Change, Instance, Patient, Series, Study, tuples
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,21 @@ def _parent_id(level: str, row: Any) -> str | None:
     return str(parent_model.select(parent_model.public_id).where(parent_model.id == fk).scalar())
 
 
+def is_protected(row: Any) -> bool:
+    """A pin holds until its expiry, if it has one."""
+    return bool(row.protected) and (row.protected_until is None
+                                    or row.protected_until > time.time())
+
+
+def parent_of(level: str, public_id: str) -> tuple[str, str] | None:
+    """(level, public ID) of a resource's parent."""
+    row = find(level, public_id)
+    if row is None or LEVELS[level].parent_field is None:
+        return None
+    parent_level = {"studies": "patients", "series": "studies", "instances": "series"}[level]
+    return parent_level, str(_parent_id(level, row))
+
+
 def to_json(level: str, row: Any, stable_age: float) -> dict[str, Any]:
     """One resource as Orthanc shows it."""
     spec = LEVELS[level]
@@ -79,7 +94,9 @@ def to_json(level: str, row: Any, stable_age: float) -> dict[str, Any]:
         out["LastUpdate"] = orthanc_time(row.last_update)
         out["IsStable"] = time.time() - row.last_update >= stable_age
     if level in ("patients", "studies"):
-        out["IsProtected"] = bool(row.protected)
+        out["IsProtected"] = is_protected(row)
+        out["ProtectedUntil"] = (orthanc_time(row.protected_until)
+                                 if out["IsProtected"] and row.protected_until else None)
     if level == "studies":
         out["PatientMainDicomTags"] = row.patient.tags
     if level == "series":
@@ -129,3 +146,37 @@ def resource_statistics(level: str, row: Any) -> dict[str, Any]:
            "instances": Instance.id}[level]
     count, size = query.where(key == row.id).tuples().first()
     return {"CountInstances": count, "DiskSize": str(size), "DiskSizeMB": size // (1024 * 1024)}
+
+
+def instance_keys(level: str, public_id: str) -> list[int] | None:
+    """The keys of every instance under a resource (None: no such resource)."""
+    row = find(level, public_id)
+    if row is None:
+        return None
+    query = Instance.select(Instance.id)
+    if level == "instances":
+        return [row.id]
+    query = query.join(Series)
+    if level == "series":
+        query = query.where(Series.id == row.id)
+    else:
+        query = query.join(Study)
+        query = query.where(Study.id == row.id if level == "studies" else Study.patient == row.id)
+    return [key for (key,) in tuples(query.order_by(Instance.id))]
+
+
+def changes(since: int, limit: int) -> dict[str, Any]:
+    """Orthanc's ``/changes`` (with our ``Reason``: why a resource was deleted)."""
+    rows = list(Change.select().where(Change.seq > since).order_by(Change.seq).limit(limit + 1))
+    last = Change.select(fn.MAX(Change.seq)).scalar() or 0
+    paths = {"Patient": "patients", "Study": "studies", "Series": "series",
+             "Instance": "instances"}
+    return {
+        "Changes": [{
+            "Seq": r.seq, "ChangeType": r.change_type, "ResourceType": r.resource_type,
+            "ID": r.public_id, "Path": f"/{paths[r.resource_type]}/{r.public_id}",
+            "Date": orthanc_time(r.date), "Reason": r.reason,
+        } for r in rows[:limit]],
+        "Done": len(rows) <= limit,
+        "Last": int(last),
+    }

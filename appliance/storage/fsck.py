@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from ..index.delete import trash
 from ..index.models import Instance, tuples
 from ..index.tags import BadInstance
 from ..store import Store
@@ -52,6 +53,8 @@ def reconcile(store: Store, repair: bool, verify: bool = False) -> Report:
     """
     report = Report()
     area = store.area
+    if repair:
+        store.empty_trash(trash())  # deletions a crash interrupted: finish them first
     report.temp_files = area.clean_tmp() if repair else len(area.temp_files())
     indexed = {
         name: (public_id, md5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import bottle
@@ -24,20 +25,27 @@ def json_error(error: bottle.HTTPError) -> str:
     )
 
 
-def create_app(config: Config, store: Store) -> bottle.Bottle:
+Installer = Callable[[bottle.Bottle], None]
+
+
+def create_app(config: Config, store: Store, installers: Sequence[Installer] = ()) -> bottle.Bottle:
+    """The application; ``installers`` add the routes of services built by the runtime."""
     app = bottle.Bottle()
     app.config["appliance.config"] = config
     app.config["appliance.store"] = store
     resources.install(app, config, store)
     system.install(app, config, store)
+    for install in installers:
+        install(app)
     for code in (400, 403, 404, 405, 413, 500, 503, 507):
         app.error(code)(json_error)
     return app
 
 
 class HttpServer:
-    def __init__(self, config: Config, store: Store) -> None:
-        self.app = create_app(config, store)
+    def __init__(self, config: Config, store: Store, installers: Sequence[Installer] = ()
+                 ) -> None:
+        self.app = create_app(config, store, installers)
         self.server: Any = create_server(
             self.app,
             host=config.http.host,

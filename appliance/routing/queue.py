@@ -1,0 +1,277 @@
+"""The durable outbound queue (the ``outbound`` table) and the export log: reads for the
+workers and the APIs, and the writes, which run in the index writer.
+
+Attempts count only C-STORE answers: a destination that cannot be reached costs its entries
+nothing but time (the worker backs off the whole destination), and its entries are failed only
+once older than ``queue.max_age``. An entry the destination refuses is retried with an
+exponential backoff and failed after ``queue.max_attempts``. Failed entries stay until retried
+or cancelled by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from peewee import fn
+
+from ..config import QueueSettings
+from ..index.models import (
+    Export,
+    Instance,
+    Outbound,
+    Patient,
+    Series,
+    Study,
+    database,
+    tuples,
+)
+
+SUCCESS, WARNINGS = 0x0000, {0x0001, 0xB000, 0xB006, 0xB007}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A pending queue entry with what sending it needs."""
+
+    id: int
+    route: str
+    attempts: int
+    created: float
+    instance_id: str  # public ID
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    file: str
+
+
+@dataclass(frozen=True)
+class Result:
+    entry: Entry
+    status: int  # the C-STORE status, or 0xA700 when nothing could be sent
+    error: str = ""
+
+
+def outcome_of(status: int) -> str:
+    if status == SUCCESS:
+        return "success"
+    return "warning" if status in WARNINGS else "failure"
+
+
+def due(destination: str, now: float, limit: int, exclude: Iterable[int] = ()) -> list[Entry]:
+    """The oldest pending entries of ``destination`` whose retry time has come."""
+    query = (
+        Outbound.select(Outbound.id, Outbound.route, Outbound.attempts, Outbound.created,
+                        Instance.public_id, Instance.sop_uid, Instance.sop_class_uid,
+                        Instance.transfer_syntax, Instance.file)
+        .join(Instance)
+        .where((Outbound.destination == destination) & (Outbound.state == "pending")
+               & (Outbound.next_attempt <= now) & Outbound.id.not_in(list(exclude)))
+        .order_by(Outbound.next_attempt, Outbound.id)
+        .limit(limit)
+    )
+    return [Entry(*row) for row in tuples(query)]
+
+
+def next_due(destination: str) -> float | None:
+    """When the next pending entry of ``destination`` is due (None: nothing pending)."""
+    value = (Outbound.select(fn.MIN(Outbound.next_attempt))
+             .where((Outbound.destination == destination) & (Outbound.state == "pending"))
+             .scalar())
+    return float(value) if value is not None else None
+
+
+def backoff(settings: QueueSettings, failures: int) -> float:
+    """Seconds to wait after the ``failures``-th consecutive failure (1-based)."""
+    return float(min(settings.retry_max, settings.retry_initial * 2 ** min(failures - 1, 30)))
+
+
+def record(destination: str, remote_aet: str, results: Sequence[Result],
+           settings: QueueSettings, now: float) -> None:
+    """Writer job: the outcome of sent entries. Delivered (success or warning) entries leave
+    the queue; refused ones wait their backoff or become failed. Every answer is logged."""
+    delivered = [r.entry.id for r in results if outcome_of(r.status) != "failure"]
+    if delivered:
+        Outbound.delete().where(Outbound.id.in_(delivered)).execute()
+    for r in results:
+        if outcome_of(r.status) != "failure":
+            continue
+        attempts = r.entry.attempts + 1
+        failed = attempts >= settings.max_attempts or now - r.entry.created >= settings.max_age
+        (Outbound.update(attempts=attempts, last_error=r.error[:200],
+                         state="failed" if failed else "pending",
+                         next_attempt=now + backoff(settings, attempts))
+         .where(Outbound.id == r.entry.id).execute())
+    _log(destination, remote_aet, [(r.entry, r.status, outcome_of(r.status), r.error)
+                                   for r in results], now)
+
+
+def expire(destination: str, settings: QueueSettings, now: float) -> int:
+    """Writer job: fail the pending entries of an unreachable destination older than max_age."""
+    rows = tuples(
+        Outbound.select(Outbound.id).where(
+            (Outbound.destination == destination) & (Outbound.state == "pending")
+            & (Outbound.created <= now - settings.max_age))
+    )
+    ids = [r[0] for r in rows]
+    if ids:
+        (Outbound.update(state="failed", last_error="undelivered for longer than queue.max_age")
+         .where(Outbound.id.in_(ids)).execute())
+    return len(ids)
+
+
+def release_stable(cutoff: float, now: float) -> set[str]:
+    """Writer job: held entries of series/studies without a new instance since ``cutoff``
+    become pending; returns their destinations."""
+    stable_series = Series.select(Series.id).where(Series.last_update < cutoff)
+    stable_studies = Study.select(Study.id).where(Study.last_update < cutoff)
+    condition = (Outbound.state == "held") & (
+        ((Outbound.trigger == "series") & Outbound.group_key.in_(stable_series))
+        | ((Outbound.trigger == "study") & Outbound.group_key.in_(stable_studies))
+    )
+    destinations = {d for (d,) in tuples(Outbound.select(fn.DISTINCT(Outbound.destination))
+                                         .where(condition))}
+    if destinations:
+        Outbound.update(state="pending", next_attempt=now).where(condition).execute()
+    return destinations
+
+
+def any_held() -> bool:
+    return Outbound.select().where(Outbound.state == "held").exists()
+
+
+def enqueue(instance_keys: Sequence[int], destination: str, now: float,
+            route: str = "") -> list[int]:
+    """Writer job: queue instances for ``destination`` by hand (a send asked by a user);
+    returns the new entries' IDs."""
+    rows = [{"instance": k, "destination": destination, "route": route, "state": "pending",
+             "next_attempt": now, "created": now} for k in instance_keys]
+    ids: list[int] = []
+    with database.atomic():
+        for start in range(0, len(rows), 500):
+            query = Outbound.insert_many(rows[start:start + 500]).returning(Outbound.id)
+            ids += [row.id for row in query.execute()]
+    return ids
+
+
+def progress(ids: Sequence[int]) -> tuple[int, int, int]:
+    """Of these entries: (delivered, refused at least once or failed, still waiting). An entry
+    that left the queue was delivered (or cancelled)."""
+    refused = waiting = 0
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start:start + 500])
+        for state, attempts in tuples(Outbound.select(Outbound.state, Outbound.attempts)
+                                      .where(Outbound.id.in_(chunk))):
+            if state == "failed" or attempts > 0:
+                refused += 1
+            else:
+                waiting += 1
+    return len(ids) - refused - waiting, refused, waiting
+
+
+def retry(destination: str | None = None, ids: Sequence[int] | None = None,
+          now: float = 0.0) -> int:
+    """Writer job: failed (and waiting) entries become due now, with their attempts reset."""
+    query = Outbound.update(state="pending", attempts=0, next_attempt=now, last_error="")
+    return int(query.where(_selection(destination, ids) & (Outbound.state != "held")).execute())
+
+
+def cancel(destination: str | None = None, ids: Sequence[int] | None = None,
+           now: float = 0.0) -> int:
+    """Writer job: remove entries (logged as cancelled)."""
+    selection = _selection(destination, ids)
+    rows = _entries(selection)
+    by_destination: dict[str, list[Any]] = {}
+    for dest, entry in rows:
+        by_destination.setdefault(dest, []).append((entry, 0xFE00, "cancelled", ""))
+    for dest, items in by_destination.items():
+        _log(dest, "", items, now)
+    Outbound.delete().where(selection).execute()
+    return len(rows)
+
+
+def _selection(destination: str | None, ids: Sequence[int] | None) -> Any:
+    condition = Outbound.id.is_null(False)
+    if destination is not None:
+        condition &= Outbound.destination == destination
+    if ids is not None:
+        condition &= Outbound.id.in_(list(ids))
+    return condition
+
+
+def _entries(condition: Any) -> list[tuple[str, Entry]]:
+    query = (Outbound.select(Outbound.destination, Outbound.id, Outbound.route,
+                             Outbound.attempts, Outbound.created, Instance.public_id,
+                             Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax,
+                             Instance.file)
+             .join(Instance).where(condition))
+    return [(row[0], Entry(*row[1:])) for row in tuples(query)]
+
+
+def _log(destination: str, remote_aet: str, items: Sequence[tuple[Entry, int, str, str]],
+         now: float) -> None:
+    """Export log rows, with the UIDs copied (the log outlives the instances)."""
+    uids = {
+        public_id: (series_uid, study_uid, patient_id)
+        for public_id, series_uid, study_uid, patient_id in tuples(
+            Instance.select(Instance.public_id, Series.series_uid, Study.study_uid,
+                            Patient.patient_id)
+            .join(Series).join(Study).join(Patient)
+            .where(Instance.public_id.in_([e.instance_id for e, *_ in items]))
+        )
+    }
+    rows = []
+    for entry, status, outcome, error in items:
+        series_uid, study_uid, patient_id = uids.get(entry.instance_id, ("", "", ""))
+        rows.append({
+            "date": now, "destination": destination, "remote_aet": remote_aet,
+            "instance_id": entry.instance_id, "sop_uid": entry.sop_uid,
+            "series_uid": series_uid, "study_uid": study_uid, "patient_id": patient_id,
+            "route": entry.route, "status": status, "outcome": outcome, "error": error[:200],
+        })
+    for start in range(0, len(rows), 500):
+        Export.insert_many(rows[start:start + 500]).execute()
+
+
+@dataclass(frozen=True)
+class DestinationStats:
+    pending: int = 0
+    held: int = 0
+    failed: int = 0
+    oldest_pending: float | None = None  # creation time of the oldest pending entry
+
+
+def stats() -> dict[str, DestinationStats]:
+    """Per destination: how many entries in each state, and the oldest pending one."""
+    counts: dict[str, dict[str, Any]] = {}
+    query = (Outbound.select(Outbound.destination, Outbound.state, fn.COUNT(Outbound.id),
+                             fn.MIN(Outbound.created))
+             .group_by(Outbound.destination, Outbound.state))
+    for dest, state, count, oldest in tuples(query):
+        entry = counts.setdefault(dest, {})
+        entry[state] = count
+        if state == "pending":
+            entry["oldest_pending"] = oldest
+    return {dest: DestinationStats(**values) for dest, values in counts.items()}
+
+
+def entries(destination: str, state: str | None, limit: int) -> list[tuple[Any, ...]]:
+    """Entries of a destination: id, route, state, attempts, created, next attempt, last error,
+    instance public ID."""
+    query = (Outbound.select(Outbound.id, Outbound.route, Outbound.state, Outbound.attempts,
+                             Outbound.created, Outbound.next_attempt, Outbound.last_error,
+                             Instance.public_id)
+             .join(Instance).where(Outbound.destination == destination)
+             .order_by(Outbound.id).limit(limit))
+    if state is not None:
+        query = query.where(Outbound.state == state)
+    return tuples(query)
+
+
+def exports(since: int, limit: int) -> list[Any]:
+    return list(Export.select().where(Export.seq > since).order_by(Export.seq).limit(limit))
+
+
+def last_export() -> int:
+    return int(Export.select(fn.MAX(Export.seq)).scalar() or 0)
