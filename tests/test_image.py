@@ -8,6 +8,7 @@ loopback ports. The built image is reused while the files it is made of do not c
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -69,21 +70,30 @@ def image() -> Path:
         pytest.skip("qemu-system-x86_64 is not installed (tools/test installs qemu-system-x86)")
     out = CACHE / f"test-{image_key()}"
     raw = out / "appliance-amd64.raw"
-    if not raw.exists():
-        for old in CACHE.glob("test-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        command = [str(ROOT / "image" / "build"), "--debug-shell", "--config", str(TEST_CONFIG),
-                   "--out", str(out)]
-        if os.getuid() != 0:
-            command = ["sudo", *command]
-        ARTIFACTS.mkdir(exist_ok=True)
-        started = time.monotonic()
-        with open(ARTIFACTS / "image-build.log", "w") as log:
-            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=1200)
-        MEASUREMENTS["build_seconds"] = round(time.monotonic() - started, 1)
-        compressed = (out / "appliance-amd64.raw.zst").stat().st_size
-        MEASUREMENTS["compressed_mb"] = round(compressed / 1e6, 1)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another checkout of the same tree may be building it
+        if not raw.exists():
+            build_test_image(out)
     return raw
+
+
+def build_test_image(out: Path) -> None:
+    """image/build --debug-shell with the test configuration, logged to test-artifacts."""
+    for old in CACHE.glob("test-*"):  # images of other trees, unless still in use today
+        if old.is_dir() and time.time() - old.stat().st_mtime > 86400:
+            shutil.rmtree(old, ignore_errors=True)
+    command = [str(ROOT / "image" / "build"), "--debug-shell", "--config", str(TEST_CONFIG),
+               "--out", str(out)]
+    if os.getuid() != 0:
+        command = ["sudo", *command]
+    ARTIFACTS.mkdir(exist_ok=True)
+    started = time.monotonic()
+    with open(ARTIFACTS / "image-build.log", "w") as log:
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=1200)
+    MEASUREMENTS["build_seconds"] = round(time.monotonic() - started, 1)
+    compressed = (out / "appliance-amd64.raw.zst").stat().st_size
+    MEASUREMENTS["compressed_mb"] = round(compressed / 1e6, 1)
 
 
 class Vm:
