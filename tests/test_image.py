@@ -26,7 +26,8 @@ import pytest
 import requests
 
 from appliance.index.ids import public_ids
-from tests.conftest import (
+
+from .conftest import (
     ARTIFACTS,
     DCMTK_ENV,
     ROOT,
