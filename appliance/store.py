@@ -153,11 +153,12 @@ class Store:
         return len(files)
 
     def empty_trash(self, files: list[str]) -> None:
-        """Remove the files of deleted rows, then forget them."""
+        """Remove the files of deleted rows, then forget them (not waited for: a crash before
+        that commit only makes reconciliation remove files that are already gone)."""
         for name in files:
             self.area.remove(name)
         if files:
-            self.writer.run(lambda: emptied(files))
+            self.writer.submit(lambda: emptied(files))
 
     def open_instance(self, public_id: str) -> BinaryIO | None:
         """The stored bytes of an instance, or None if there is no such instance."""
