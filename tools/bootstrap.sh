@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 
 RUN_PACKAGES=(python3 python3-venv python3-dev build-essential pkg-config libsystemd-dev dcmtk)
-TEST_PACKAGES=(orthanc curl procps)
+TEST_PACKAGES=(orthanc curl procps chromium chromium-driver)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -183,3 +183,24 @@ class StoreSession:
             return (f"the peer accepts only {names} and decompressing "
                     f"{UID(item.transfer_syntax).name} failed: {exc}")
         return ds
+
+
+VERIFICATION = "1.2.840.10008.1.1"  # PS3.4 A.4: the Verification SOP Class
+
+
+def echo(settings: DicomSettings, modality: Modality) -> str:
+    """C-ECHO ``modality``: "" on success, else why it failed (for the admin page)."""
+    ae = make_ae(settings)
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet)
+    if not assoc.is_established:
+        return (f"no association with {modality.aet}@{modality.host}:{modality.port} "
+                "(refused, rejected or unreachable)")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    code = status.get("Status") if status else None
+    if code is None:
+        return "no C-ECHO response (timeout or abort)"
+    return "" if code == 0 else f"C-ECHO answered status 0x{int(code):04X}"

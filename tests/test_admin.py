@@ -1,0 +1,356 @@
+"""The admin page in a real browser (headless Chromium driven by Selenium) against a running
+appliance and a real DCMTK storescp: setup, login, roles, CSRF, modalities, routes, restore,
+settings rollback, upload, and patient data that must render as text."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from pydicom import dcmread
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
+
+from .conftest import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    ARTIFACTS,
+    ApplianceProcess,
+    free_port,
+    make_series,
+    storescu,
+    wait_for,
+)
+from .peers import StoreSCP
+
+pytestmark = pytest.mark.integration
+
+XSS_NAME = "<script>window.pwned=1</script>^Eve"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[WebDriver]:
+    if shutil.which("chromium") is None or not Path(CHROMEDRIVER).exists():
+        pytest.fail("chromium and chromium-driver are not installed (tools/test installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or ""
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1280,900", "--disable-gpu"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    browser.set_page_load_timeout(60)
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture
+def browser(driver: WebDriver) -> WebDriver:
+    driver.delete_all_cookies()
+    driver.set_window_size(1280, 900)
+    return driver
+
+
+def shot(driver: WebDriver, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"admin-{name}.png"))
+
+
+def fill(driver: WebDriver, values: dict[str, str]) -> None:
+    for element_id, value in values.items():
+        field = driver.find_element(By.ID, element_id)
+        field.clear()
+        field.send_keys(value)
+
+
+def click(driver: WebDriver, element_id: str) -> None:
+    """Click, and when that loads a new page, wait until it has."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    element = driver.find_element(By.ID, element_id)
+    navigates = element.tag_name in ("button", "a") and element.get_attribute("type") != "button"
+    element.click()
+    if navigates:
+        wait_for(lambda: stale(page), 30, "the next page")
+
+
+def stale(element: Any) -> bool:
+    try:
+        element.tag_name  # noqa: B018
+    except WebDriverException:  # stale, or its document is gone
+        return True
+    return False
+
+
+def follow(driver: WebDriver, element: Any) -> None:
+    """Click an element found otherwise than by ID, and wait for the page it loads."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait_for(lambda: stale(page), 30, "the next page")
+
+
+def login(driver: WebDriver, app: ApplianceProcess, user: str = ADMIN,
+          password: str = ADMIN_PASSWORD) -> None:
+    driver.get(app.url + "/login")
+    fill(driver, {"username": user, "password": password})
+    click(driver, "login")
+    wait_for(lambda: "/admin/" in driver.current_url, 30, "the dashboard after login")
+
+
+def text(driver: WebDriver) -> str:
+    return str(driver.find_element(By.TAG_NAME, "body").text)
+
+
+def browser_session(driver: WebDriver, app: ApplianceProcess) -> requests.Session:
+    """A requests session with the browser's cookies (and no API token)."""
+    session = requests.Session()
+    for cookie in driver.get_cookies():
+        session.cookies.set(cookie["name"], cookie["value"])
+    return session
+
+
+def csrf(driver: WebDriver) -> str:
+    meta = driver.find_element(By.CSS_SELECTOR, 'meta[name="csrf-token"]')
+    return str(meta.get_attribute("content"))
+
+
+def test_first_run_setup_login_logout_csrf(appliance_factory: Any, browser: WebDriver) -> None:
+    app = appliance_factory(accounts=False).start()
+    assert requests.get(app.url + "/patients", timeout=10).status_code == 401
+    match = re.search(r"http://127\.0\.0\.1:\d+/setup\?token=(\S+)", app.log())
+    assert match, "the setup link is printed in the log"
+    browser.get(app.url + "/login")
+    assert "setup link" in text(browser)
+    browser.get(match.group(0))
+    shot(browser, "setup")
+    fill(browser, {"username": "root", "password": "long enough pw", "password2": "long enough pw"})
+    click(browser, "setup")
+    wait_for(lambda: browser.current_url.endswith("/admin/"), 30, "the dashboard")
+    shot(browser, "dashboard-empty")
+    assert requests.get(match.group(0), timeout=10).status_code == 403, "the link is one-time"
+
+    # A change without the CSRF token is refused, with it accepted.
+    session = browser_session(browser, app)
+    r = session.post(app.url + "/admin/settings", data={"quota.max_studies": "3"}, timeout=10)
+    assert r.status_code == 403 and "CSRF" in r.text
+    r = session.put(app.url + "/modalities/x", json={"AET": "X", "Host": "h", "Port": 104},
+                    timeout=10)
+    assert r.status_code == 403
+    r = session.put(app.url + "/modalities/x", json={"AET": "X", "Host": "h", "Port": 104},
+                    headers={"X-CSRF-Token": csrf(browser)}, timeout=10)
+    assert r.status_code == 200
+    # HTTP Basic works for the REST API, without CSRF.
+    r = requests.delete(app.url + "/modalities/x", auth=("root", "long enough pw"), timeout=10)
+    assert r.status_code == 200
+
+    click(browser, "logout")
+    wait_for(lambda: "/login" in browser.current_url, 30, "the login page")
+    browser.get(app.url + "/admin/browse")
+    assert "/login" in browser.current_url, "logged out: pages redirect to the login"
+    fill(browser, {"username": "root", "password": "wrong password"})
+    click(browser, "login")
+    assert "wrong user name or password" in text(browser)
+    shot(browser, "login-failed")
+    login(browser, app, "root", "long enough pw")
+
+    # Rate limit: failed logins for one user name are paused.
+    statuses = [requests.post(app.url + "/login", timeout=30,
+                              data={"username": "nobody", "password": "x" * 12,
+                                    "csrf_token": "t"}, cookies={"appliance_csrf": "t"}
+                              ).status_code for _ in range(6)]
+    assert statuses == [401] * 5 + [429]
+
+    browser.get(app.url + "/admin/audit")
+    shot(browser, "audit")
+    audit = text(browser)
+    assert "setup" in audit and "login" in audit and "PUT /modalities/x" in audit
+
+
+def test_viewer_is_denied_settings(appliance: ApplianceProcess, browser: WebDriver) -> None:
+    login(browser, appliance)
+    browser.get(appliance.url + "/admin/users")
+    fill(browser, {"u-name": "physicist", "u-password": "viewer password"})
+    Select(browser.find_element(By.ID, "u-role")).select_by_visible_text("viewer")
+    click(browser, "u-save")
+    assert "user physicist saved" in text(browser)
+    shot(browser, "users")
+    click(browser, "logout")
+    login(browser, appliance, "physicist", "viewer password")
+    assert "Settings" not in browser.find_element(By.TAG_NAME, "nav").text
+    browser.get(appliance.url + "/admin/settings")
+    assert "needs an administrator" in text(browser)
+    session = browser_session(browser, appliance)
+    r = session.post(appliance.url + "/admin/settings", timeout=10,
+                     data={"csrf_token": csrf(browser), "quota.max_studies": "1"})
+    assert r.status_code == 403
+    assert session.get(appliance.url + "/patients", timeout=10).status_code == 200
+
+
+def test_modality_route_and_restore(appliance: ApplianceProcess, browser: WebDriver,
+                                    tmp_path: Path) -> None:
+    storescp = StoreSCP(free_port(), tmp_path / "received", aet="PLANNING")
+    try:
+        ct = make_series(tmp_path / "ct", 3, patient_id="RT001", patient_name="Curie^Marie")
+        xss = make_series(tmp_path / "xss", 1, patient_id="XSS1", patient_name=XSS_NAME,
+                          modality="MR")
+        storescu(appliance, *ct, *xss)
+        login(browser, appliance)
+        add_modality(browser, appliance, storescp.port)
+        create_route(browser, appliance)
+        restore(browser, appliance, storescp, len(ct))
+        xss_renders_as_text(browser, appliance)
+    finally:
+        storescp.stop()
+
+
+def add_modality(browser: WebDriver, app: ApplianceProcess, port: int) -> None:
+    browser.get(app.url + "/admin/modalities")
+    fill(browser, {"m-name": "nowhere", "m-aet": "NOWHERE", "m-host": "127.0.0.1",
+                   "m-port": str(free_port())})
+    click(browser, "m-save")
+    assert "no association" in browser.find_element(By.ID, "echo-result").text
+    assert "not saved" in text(browser)
+    fill(browser, {"m-name": "planning", "m-aet": "PLANNING", "m-host": "127.0.0.1",
+                   "m-port": str(port)})
+    click(browser, "m-save")
+    assert "modality planning saved; C-ECHO to PLANNING: success" in text(browser)
+    assert app.json("/modalities") == ["planning"]
+    shot(browser, "modalities")
+
+
+def create_route(browser: WebDriver, app: ApplianceProcess) -> None:
+    browser.get(app.url + "/admin/routes")
+    fill(browser, {"r-name": "mr-to-planning", "r-modality": "MR"})
+    browser.find_element(By.CSS_SELECTOR, 'input[name="destinations"][value="planning"]').click()
+    click(browser, "r-enabled")  # saved disabled: the restore below must be the only send
+    click(browser, "r-dry-run")
+    dry = browser.find_element(By.ID, "dry-run").text
+    assert "1 recent studies would have matched" in dry and "Curie" not in dry
+    click(browser, "r-save")
+    assert "route mr-to-planning saved" in text(browser)
+    route = app.json("/routes")["mr-to-planning"]
+    assert route["modality"] == ["MR"] and route["enabled"] is False
+    shot(browser, "routes")
+
+
+def restore(browser: WebDriver, app: ApplianceProcess, storescp: StoreSCP, count: int) -> None:
+    """Dashboard -> search (click 1) -> send (click 2) -> progress to done."""
+    browser.get(app.url + "/admin/")
+    shot(browser, "dashboard")
+    fill(browser, {"q-name": "curie"})
+    click(browser, "q-search")  # 1
+    rows = browser.find_elements(By.CSS_SELECTOR, "#studies tr.study")
+    assert len(rows) == 1 and "Curie^Marie" in rows[0].text
+    shot(browser, "browse")
+    follow(browser, rows[0].find_element(By.CLASS_NAME, "send-button"))  # 2
+    wait_for(lambda: browser.find_element(By.ID, "progress").get_attribute("data-state")
+             is not None, 60, "the send to finish")
+    assert browser.find_element(By.ID, "progress").get_attribute("data-state") == "done"
+    assert f"Done: {count} images sent" in text(browser)
+    shot(browser, "study-sent")
+    sent = {dcmread(p).SOPInstanceUID for p in storescp.files()}
+    assert len(sent) == count
+    browser.get(app.url + "/admin/audit")
+    assert re.search(r"POST /admin/studies/\S+/send ok sent study \S+ \(3 instances\) to "
+                     "planning", text(browser))
+
+
+def xss_renders_as_text(browser: WebDriver, app: ApplianceProcess) -> None:
+    browser.get(app.url + "/admin/browse?modality=MR")
+    link = browser.find_element(By.CLASS_NAME, "patient-name")
+    assert link.text == XSS_NAME
+    assert "&lt;script&gt;" in browser.page_source
+    assert browser.execute_script("return window.pwned") is None
+    follow(browser, link)
+    assert XSS_NAME in browser.find_element(By.TAG_NAME, "h1").text
+    assert browser.execute_script("return window.pwned") is None
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018
+    shot(browser, "study-xss")
+
+
+def test_settings_rollback(appliance: ApplianceProcess, browser: WebDriver) -> None:
+    login(browser, appliance)
+    browser.get(appliance.url + "/admin/settings")
+    fill(browser, {"quota.max_studies": "many"})
+    click(browser, "save-settings")
+    assert "not saved: quota.max_studies: 'many' is not a int" in text(browser)
+    fill(browser, {"quota.max_studies": "-4"})
+    click(browser, "save-settings")
+    assert "below the minimum" in text(browser)
+    fill(browser, {"storage.stable_age": "5"})
+    click(browser, "save-settings")
+    assert "saved" in text(browser)
+    fill(browser, {"quota.max_studies": "1"})  # valid, but bad: keep one study only
+    click(browser, "save-settings")
+    assert browser.find_element(By.ID, "quota.max_studies").get_attribute("value") == "1"
+    shot(browser, "settings")
+    export = browser_session(browser, appliance).get(appliance.url + "/admin/settings/export",
+                                                      timeout=10).json()
+    assert export["quota"]["max_studies"] == 1 and "data" not in export
+    (button,) = browser.find_elements(By.CLASS_NAME, "rollback")  # the version before
+    assert button.get_attribute("data-version") == "1"
+    follow(browser, button)
+    assert "version 1 restored" in text(browser)
+    assert browser.find_element(By.ID, "quota.max_studies").get_attribute("value") == "0"
+    assert browser.find_element(By.ID, "storage.stable_age").get_attribute("value") == "5.0"
+    browser.get(appliance.url + "/admin/audit")
+    assert "configuration rolled back to version 1" in text(browser)
+
+
+def test_upload_browse_search_download(appliance: ApplianceProcess, browser: WebDriver,
+                                       tmp_path: Path) -> None:
+    first = make_series(tmp_path / "a", 2, patient_id="UP1", patient_name="Upload^One")
+    second = make_series(tmp_path / "b", 3, patient_id="UP2", patient_name="Upload^Two",
+                         modality="MR")
+    archive = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in second:
+            z.write(p, p.name)
+    login(browser, appliance)
+    browser.get(appliance.url + "/admin/upload")
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in [*first, archive]))
+    click(browser, "upload-start")
+    wait_for(lambda: browser.find_element(By.ID, "upload-results").get_attribute("data-done"),
+             60, "the uploads")
+    results = browser.find_elements(By.CSS_SELECTOR, "#upload-results tr.ok")
+    assert len(results) == 3
+    shot(browser, "upload")
+    assert appliance.statistics()["CountInstances"] == 5
+
+    browser.get(appliance.url + "/admin/browse")
+    fill(browser, {"s-id": "UP2"})
+    click(browser, "s-search")
+    assert [r.text.split()[0] for r in
+            browser.find_elements(By.CSS_SELECTOR, "#studies tr.study")] == ["Upload^Two"]
+    for query, expected in (("modality=CT", {"Upload^One"}),
+                            ("date_from=20251231&date_to=20260101", {"Upload^One", "Upload^Two"}),
+                            ("date_from=20260102", set()), ("name=two", {"Upload^Two"})):
+        browser.get(appliance.url + "/admin/browse?" + query)
+        names = {e.text for e in browser.find_elements(By.CLASS_NAME, "patient-name")}
+        assert names == expected, query
+    browser.get(appliance.url + "/admin/browse?patient_id=UP2")
+    follow(browser, browser.find_element(By.CLASS_NAME, "patient-name"))
+    shot(browser, "study")
+    href = browser.find_element(By.ID, "download").get_attribute("href")
+    r = browser_session(browser, appliance).get(str(href), timeout=30)
+    with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+        names = z.namelist()
+        assert len(names) == 3
+        uids = {dcmread(io.BytesIO(z.read(n))).SOPInstanceUID for n in names}
+    assert uids == {dcmread(p).SOPInstanceUID for p in second}
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "#series a"))
+    shot(browser, "series")
+    browser.set_window_size(820, 1180)  # a tablet
+    browser.get(appliance.url + "/admin/")
+    shot(browser, "dashboard-tablet")
