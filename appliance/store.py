@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from .config import Config
+from .dicom.preview import render_png
 from .index import resources
 from .index.db import Writer, open_database
 from .index.delete import delete_instances, emptied
@@ -206,6 +207,11 @@ class Store:
             return None
         return [(f"{series}/{instance}.dcm", self.area.path(name))
                 for series, instance, name in resources.archive_names(keys)]
+
+    def preview(self, public_id: str) -> bytes | None:
+        """A PNG of an instance (None: no such instance; ``NoPreview`` if not an image)."""
+        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
+        return render_png(self.area.path(row.file)) if row else None
 
     def read_header(self, name: str, tags: Sequence[BaseTag]) -> Dataset:
         """Some elements of a stored file (with its character set), never its pixel data."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+from PIL import Image
 from pydicom import dcmread
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, WebDriverException
@@ -26,6 +29,7 @@ from .conftest import (
     ADMIN,
     ADMIN_PASSWORD,
     ARTIFACTS,
+    ROOT,
     ApplianceProcess,
     free_port,
     make_series,
@@ -194,6 +198,36 @@ def test_viewer_is_denied_settings(appliance: ApplianceProcess, browser: WebDriv
                      data={"csrf_token": csrf(browser), "quota.max_studies": "1"})
     assert r.status_code == 403
     assert session.get(appliance.url + "/patients", timeout=10).status_code == 200
+    viewer = ("physicist", "viewer password")  # the REST API with HTTP Basic: same roles
+    r = requests.put(appliance.url + "/modalities/x", auth=viewer, timeout=10,
+                     json={"AET": "X", "Host": "h", "Port": 104})
+    assert r.status_code == 403
+    r = requests.post(appliance.url + "/modalities/none/store", auth=viewer, json=["x"],
+                      timeout=10)
+    assert r.status_code == 404, "viewers may send to known modalities"
+
+
+def test_cli_creates_accounts_and_tokens(appliance_factory: Any) -> None:
+    app = appliance_factory(accounts=False)
+    cli = [sys.executable, "-m", "appliance", "user", "--data", str(app.data)]
+    done = subprocess.run([*cli, "add", "ops", "--admin", "--password-stdin"], input="short\n",
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2 and "at least 10 characters" in done.stderr
+    subprocess.run([*cli, "add", "ops", "--admin", "--password-stdin"], check=True, timeout=60,
+                   input="a long password\n", capture_output=True, text=True, cwd=ROOT)
+    token = subprocess.run([*cli, "token", "ops", "--label", "monitoring"], check=True,
+                           timeout=60, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    app.start()
+    assert "setup?token" not in app.log()
+    auth = {"Authorization": f"Bearer {token}"}
+    assert requests.get(app.url + "/patients", headers=auth, timeout=10).status_code == 200
+    wrong = {"Authorization": f"Bearer {token[:-2]}xx"}
+    assert requests.get(app.url + "/patients", headers=wrong, timeout=10).status_code == 401
+    assert requests.get(app.url + "/patients", auth=("ops", "a long password"),
+                        timeout=10).status_code == 200
+    locked = subprocess.run([*cli, "token", "ops"], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    assert locked.returncode == 1 and "in use" in locked.stderr
 
 
 def test_modality_route_and_restore(appliance: ApplianceProcess, browser: WebDriver,
@@ -350,7 +384,15 @@ def test_upload_browse_search_download(appliance: ApplianceProcess, browser: Web
         uids = {dcmread(io.BytesIO(z.read(n))).SOPInstanceUID for n in names}
     assert uids == {dcmread(p).SOPInstanceUID for p in second}
     follow(browser, browser.find_element(By.CSS_SELECTOR, "#series a"))
+    decoded = ("return Array.from(document.querySelectorAll('.thumb img'))"
+               ".every(i => i.complete && i.naturalWidth === 64)")
+    wait_for(lambda: browser.execute_script(decoded), 30, "the previews to decode")
     shot(browser, "series")
+    src = browser.find_element(By.CSS_SELECTOR, ".thumb img").get_attribute("src")
+    r = browser_session(browser, appliance).get(str(src), timeout=30)
+    assert r.headers["Content-Type"] == "image/png"
+    with Image.open(io.BytesIO(r.content)) as png:
+        assert png.size == (64, 64) and png.mode == "L"
     browser.set_window_size(820, 1180)  # a tablet
     browser.get(appliance.url + "/admin/")
     shot(browser, "dashboard-tablet")

@@ -188,7 +188,9 @@ class DiskUsage:
     total: int
 
 
-def disk_usage(governor: Governor) -> DiskUsage:
+def disk_usage(governor: Governor, stored: int) -> DiskUsage:
+    """``stored``: bytes the index counts (the governor's own totals are kept only while a
+    limit is set)."""
     st = os.statvfs(governor.root)
-    return DiskUsage(governor.totals.bytes, int(governor.settings().max_storage_mb * MB),
+    return DiskUsage(stored, int(governor.settings().max_storage_mb * MB),
                      st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)

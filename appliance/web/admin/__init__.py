@@ -7,7 +7,7 @@ from typing import Any
 
 import bottle
 
-from ..api import upload
+from ..api import preview, upload
 from ..app import ERROR_CODES, json_error
 from ..auth import AuthPlugin, is_page_request
 from . import manage, pages
@@ -19,7 +19,9 @@ def install(app: bottle.Bottle, services: Services) -> None:
     app.install(AuthPlugin(services.security))
     pages.install(app, services)
     manage.install(app, services)
-    upload.install(app, services.store)  # minimal POST /instances until issue 7's is merged
+    # minimal POST /instances and preview until issue 7's are merged
+    upload.install(app, services.store)
+    preview.install(app, services.store)
     for code in ERROR_CODES:
         app.error(code)(error_page)
 

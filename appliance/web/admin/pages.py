@@ -10,7 +10,7 @@ from typing import Any
 import bottle
 
 from ...accounts import AccountError
-from ...index import audit, browse
+from ...index import audit, browse, resources
 from ...routing.service import UnknownResource
 from ...storage.archive import zip_stream
 from ...storage.governor import disk_usage
@@ -30,8 +30,9 @@ def install(app: bottle.Bottle, s: Services) -> None:
     @app.get("/admin/")
     def dashboard() -> Any:
         now = time.time()
-        return render("dashboard.tpl", title="Dashboard",
-                      stats=s.store.governor.totals, disk=disk_usage(s.store.governor),
+        stats = resources.statistics()
+        return render("dashboard.tpl", title="Dashboard", stats=stats,
+                      disk=disk_usage(s.store.governor, int(stats["TotalDiskSize"])),
                       full_reason=s.store.governor.full_reason,
                       sources=browse.last_reception_by_source(),
                       hourly=browse.received_per_hour(now, GRAPH_HOURS),

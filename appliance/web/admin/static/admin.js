@@ -28,7 +28,8 @@ function watchProgress() {
       var done = p.sent + p.refused;
       fill.style.width = Math.min(100, 100 * done / total) + "%";
       if (p.pending === 0 && (done > 0 || p.failed > 0)) {
-        var ok = p.refused === 0 && p.failed === 0;
+        var ok = p.failed === 0 && p.sent > 0;
+        fill.style.width = "100%";
         fill.classList.add(ok ? "done" : "failed");
         text.textContent = ok ? "Done: " + p.sent + " images sent."
           : "Finished with errors: " + p.sent + " sent, " + p.refused + " refused, " + p.failed + " failed (see the queue).";

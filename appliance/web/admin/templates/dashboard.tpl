@@ -13,9 +13,11 @@
 <section class="card">
   <h2>Store</h2>
   <dl class="counts">
-    <dt>Patients</dt><dd id="count-patients">{{stats.patients}}</dd>
-    <dt>Studies</dt><dd id="count-studies">{{stats.studies}}</dd>
-    <dt>Stored</dt><dd>{{size(stats.bytes)}}</dd>
+    <dt>Patients</dt><dd id="count-patients">{{stats["CountPatients"]}}</dd>
+    <dt>Studies</dt><dd id="count-studies">{{stats["CountStudies"]}}</dd>
+    <dt>Series</dt><dd>{{stats["CountSeries"]}}</dd>
+    <dt>Images</dt><dd id="count-instances">{{stats["CountInstances"]}}</dd>
+    <dt>Stored</dt><dd>{{size(disk.stored)}}</dd>
   </dl>
   % limit = disk.quota or disk.stored + disk.free
   % pct = min(100.0, 100.0 * disk.stored / limit) if limit else 0.0
@@ -29,6 +31,7 @@
   <h2>Images received, last 24 h</h2>
   % top = max(hourly) or 1
   % bar = 20
+  <p class="small">{{sum(hourly)}} images; the busiest hour {{top if max(hourly) else 0}}.</p>
   <svg class="graph" viewBox="0 0 {{bar * len(hourly)}} 140" role="img" aria-label="images received per hour">
     % for i, n in enumerate(hourly):
     %   h = 110.0 * n / top
@@ -37,7 +40,7 @@
     <text x="{{i * bar}}" y="135">{{labels[i]}}</text>
     %   end
     % end
-    <text x="{{bar * len(hourly) - 2}}" y="12" text-anchor="end">max {{top}}/h</text>
+    <line x1="0" y1="115.5" x2="{{bar * len(hourly)}}" y2="115.5" />
   </svg>
 </section>
 <section class="card">
