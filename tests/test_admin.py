@@ -178,6 +178,7 @@ def test_first_run_setup_login_logout_csrf(appliance_factory: Any, browser: WebD
     shot(browser, "audit")
     audit = text(browser)
     assert "setup" in audit and "login" in audit and "PUT /modalities/x" in audit
+    assert "POST /admin/settings denied missing or wrong CSRF token" in audit
 
 
 def test_viewer_is_denied_settings(appliance: ApplianceProcess, browser: WebDriver) -> None:
@@ -186,7 +187,7 @@ def test_viewer_is_denied_settings(appliance: ApplianceProcess, browser: WebDriv
     fill(browser, {"u-name": "physicist", "u-password": "viewer password"})
     Select(browser.find_element(By.ID, "u-role")).select_by_visible_text("viewer")
     click(browser, "u-save")
-    assert "user physicist saved" in text(browser)
+    assert "user physicist saved with role viewer" in text(browser)
     shot(browser, "users")
     click(browser, "logout")
     login(browser, appliance, "physicist", "viewer password")
@@ -292,6 +293,9 @@ def restore(browser: WebDriver, app: ApplianceProcess, storescp: StoreSCP, count
     assert browser.find_element(By.ID, "progress").get_attribute("data-state") == "done"
     assert f"Done: {count} images sent" in text(browser)
     shot(browser, "study-sent")
+    browser.get(app.url + "/admin/queue")
+    assert "planning" in browser.find_element(By.ID, "queue").text
+    shot(browser, "queue")
     sent = {dcmread(p).SOPInstanceUID for p in storescp.files()}
     assert len(sent) == count
     browser.get(app.url + "/admin/audit")
@@ -376,6 +380,11 @@ def test_upload_browse_search_download(appliance: ApplianceProcess, browser: Web
     browser.get(appliance.url + "/admin/browse?patient_id=UP2")
     follow(browser, browser.find_element(By.CLASS_NAME, "patient-name"))
     shot(browser, "study")
+    browser.execute_script("document.getElementById('until').value = '2099-01-31'")
+    click(browser, "protect")
+    assert browser.find_element(By.ID, "protected").text.startswith("yes, until 2099-02-01")
+    study_id = browser.current_url.split("/admin/studies/")[1].split("?")[0]
+    assert appliance.get(f"/studies/{study_id}/protected").text == "1"
     href = browser.find_element(By.ID, "download").get_attribute("href")
     r = browser_session(browser, appliance).get(str(href), timeout=30)
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
@@ -393,6 +402,14 @@ def test_upload_browse_search_download(appliance: ApplianceProcess, browser: Web
     assert r.headers["Content-Type"] == "image/png"
     with Image.open(io.BytesIO(r.content)) as png:
         assert png.size == (64, 64) and png.mode == "L"
+    browser.get(appliance.url + "/admin/browse?patient_id=UP1")
+    follow(browser, browser.find_element(By.CLASS_NAME, "patient-name"))
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.ID, "delete").click()
+    browser.switch_to.alert.accept()
+    wait_for(lambda: stale(page), 30, "the browse page")
+    assert "study deleted" in text(browser)
+    assert appliance.statistics()["CountInstances"] == 3
     browser.set_window_size(820, 1180)  # a tablet
     browser.get(appliance.url + "/admin/")
     shot(browser, "dashboard-tablet")

@@ -239,17 +239,28 @@ class AuthPlugin:
             if principal is None:
                 return unauthenticated()
             method = request.method.upper()
-            role = required or ("viewer" if method in SAFE_METHODS else "admin")
-            if role == "admin" and principal.role != "admin":
-                raise bottle.HTTPError(403, "this needs an administrator")
-            if principal.via == "session" and method not in SAFE_METHODS:
-                check_csrf(principal)
+            try:
+                allow(principal, required or ("viewer" if method in SAFE_METHODS else "admin"),
+                      method)
+            except bottle.HTTPError as denied:
+                if method not in SAFE_METHODS:
+                    security.audit(principal.user, client_address(),
+                                   f"{method} {request.path}", str(denied.body), "denied")
+                raise
             request.environ[PRINCIPAL] = principal
             if method in SAFE_METHODS:
                 return callback(*args, **kwargs)
             return audited(principal, method, callback, args, kwargs, security.audit)
 
         return guarded
+
+
+def allow(principal: Principal, role: str, method: str) -> None:
+    """403 unless the caller has the role, and (for a cookie) the CSRF token of a change."""
+    if role == "admin" and principal.role != "admin":
+        raise bottle.HTTPError(403, "this needs an administrator")
+    if principal.via == "session" and method not in SAFE_METHODS:
+        check_csrf(principal)
 
 
 def audited(principal: Principal, method: str, callback: Callable[..., Any],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import bottle
@@ -191,12 +192,7 @@ def install_routing(app: bottle.Bottle, s: Services) -> None:
 
     @app.post("/admin/modalities/<name>/delete")
     def delete_modality(name: str) -> Any:
-        try:
-            s.routing.delete_modality(name, who())
-        except (ConfigError, UnknownResource) as exc:
-            return flash_redirect("/admin/modalities", error=str(exc))
-        auth.audit_note(f"modality {name} deleted")
-        return flash_redirect("/admin/modalities", f"modality {name} deleted")
+        return deleted("modality", "/admin/modalities", s.routing.delete_modality, name)
 
     def routes_page(error: str = "", edit: dict[str, Any] | None = None,
                     dry: list[dict[str, Any]] | None = None, status: int = 200) -> str:
@@ -241,12 +237,8 @@ def install_routing(app: bottle.Bottle, s: Services) -> None:
 
     @app.post("/admin/routes/<name>/delete")
     def delete_route(name: str) -> Any:
-        try:
-            s.routing.delete_route(name, who())
-        except UnknownResource as exc:
-            raise bottle.HTTPError(404, str(exc)) from exc
-        auth.audit_note(f"route {name} deleted")
-        return flash_redirect("/admin/routes", f"route {name} deleted")
+        return deleted("route", "/admin/routes", s.routing.delete_route, name)
+
 
     @app.get("/admin/queue")
     def queue() -> Any:
@@ -257,6 +249,16 @@ def install_routing(app: bottle.Bottle, s: Services) -> None:
         count = s.routing.retry(name) if action == "retry" else s.routing.cancel(name)
         auth.audit_note(f"{action} {count} entries for {name}")
         return flash_redirect("/admin/queue", f"{count} entries for {name}: {action}")
+
+
+def deleted(kind: str, page: str, delete: Callable[[str, str], None], name: str) -> Any:
+    """Delete a modality or route, and say so (or why not) on its page."""
+    try:
+        delete(name, who())
+    except (ConfigError, UnknownResource) as exc:
+        return flash_redirect(page, error=str(exc))
+    auth.audit_note(f"{kind} {name} deleted")
+    return flash_redirect(page, f"{kind} {name} deleted")
 
 
 def install_users(app: bottle.Bottle, s: Services) -> None:
@@ -271,26 +273,32 @@ def install_users(app: bottle.Bottle, s: Services) -> None:
     def users() -> Any:
         return page()
 
-    @app.post("/admin/users")
-    def add_user() -> Any:
-        name = form("username")
+    def changed(action: Callable[[], Any], done: str) -> Any:
+        """Run an account change; its error on the page, or its note in the audit log."""
         try:
-            accounts.add(name, form("role"), form("password"))
+            action()
         except AccountError as exc:
             return page(str(exc), status=400)
-        s.security.sessions.drop_user(name)  # a changed role or password logs the user out
-        auth.audit_note(f"user {name} saved with role {form('role')}")
-        return flash_redirect("/admin/users", f"user {name} saved")
+        auth.audit_note(done)
+        return flash_redirect("/admin/users", done)
+
+    @app.post("/admin/users")
+    def add_user() -> Any:
+        name, role = form("username"), form("role")
+
+        def add() -> None:
+            accounts.add(name, role, form("password"))
+            s.security.sessions.drop_user(name)  # a changed role or password logs them out
+
+        return changed(add, f"user {name} saved with role {role}")
 
     @app.post("/admin/users/<name>/delete")
     def remove_user(name: str) -> Any:
-        try:
+        def remove() -> None:
             accounts.remove(name)
-        except AccountError as exc:
-            return page(str(exc), status=400)
-        s.security.sessions.drop_user(name)
-        auth.audit_note(f"user {name} removed")
-        return flash_redirect("/admin/users", f"user {name} removed")
+            s.security.sessions.drop_user(name)
+
+        return changed(remove, f"user {name} removed")
 
     @app.post("/admin/tokens")
     def create_token() -> Any:
@@ -303,9 +311,4 @@ def install_users(app: bottle.Bottle, s: Services) -> None:
 
     @app.post("/admin/tokens/<token_id>/delete")
     def revoke_token(token_id: str) -> Any:
-        try:
-            accounts.revoke_token(token_id)
-        except AccountError as exc:
-            return page(str(exc), status=400)
-        auth.audit_note(f"API token {token_id} revoked")
-        return flash_redirect("/admin/users", f"token {token_id} revoked")
+        return changed(lambda: accounts.revoke_token(token_id), f"API token {token_id} revoked")
