@@ -357,12 +357,16 @@ def test_upload_browse_search_download(appliance: ApplianceProcess, browser: Web
             z.write(p, p.name)
     login(browser, appliance)
     browser.get(appliance.url + "/admin/upload")
-    browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in [*first, archive]))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not DICOM")
+    uploads = [*first, archive, notes]
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in uploads))
     click(browser, "upload-start")
     wait_for(lambda: browser.find_element(By.ID, "upload-results").get_attribute("data-done"),
              60, "the uploads")
-    results = browser.find_elements(By.CSS_SELECTOR, "#upload-results tr.ok")
-    assert len(results) == 3
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#upload-results tr.ok")) == 3
+    (refused,) = browser.find_elements(By.CSS_SELECTOR, "#upload-results tr.bad")
+    assert refused.text.startswith("notes.txt") and "400" in refused.text
     shot(browser, "upload")
     assert appliance.statistics()["CountInstances"] == 5
 

@@ -62,7 +62,7 @@ function uploadOne(file, row) {
       try {
         var body = JSON.parse(xhr.responseText);
         var items = Array.isArray(body) ? body : [body];
-        message += items.map(function (i) { return i.Status || i.Message || ""; }).join(", ");
+        message += items.map(function (i) { return (i.Status || "") + (i.Message ? ": " + i.Message : ""); }).join(", ");
       } catch (err) { message += xhr.statusText; }
       result.textContent = message;
       row.className = xhr.status < 300 ? "ok" : "bad";
