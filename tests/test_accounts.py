@@ -10,7 +10,7 @@ import pytest
 
 from appliance.accounts import AccountError, Accounts
 from appliance.config import SecuritySettings
-from appliance.web.auth import LoginLimiter
+from appliance.web.auth import LoginLimiter, Sessions
 
 
 def test_passwords_are_salted_scrypt_hashes(tmp_path: Path) -> None:
@@ -63,3 +63,15 @@ def test_login_limiter_pauses_a_user_then_an_address() -> None:
         limiter.failed("10.0.0.1", name)
     assert limiter.blocked("10.0.0.1", "zoe", settings), "8 failures from one address"
     assert not limiter.blocked("10.0.0.2", "zoe", settings)
+
+
+def test_sessions_expire_and_end(tmp_path: Path) -> None:
+    accounts = Accounts(tmp_path)
+    user = accounts.add("alice", "admin", "a long password")
+    sessions = Sessions()
+    expired = sessions.create(user, minutes=-1)
+    assert sessions.get(expired.id, minutes=10) is None
+    live = sessions.create(user, minutes=10)
+    assert sessions.get(live.id, minutes=10) is live and live.csrf != expired.csrf
+    sessions.drop_user("alice")
+    assert sessions.get(live.id, minutes=10) is None
