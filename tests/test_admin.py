@@ -315,6 +315,8 @@ def xss_renders_as_text(browser: WebDriver, app: ApplianceProcess) -> None:
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018
     shot(browser, "study-xss")
+    page = browser_session(browser, app).get(browser.current_url, timeout=10)
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
 
 
 def test_settings_rollback(appliance: ApplianceProcess, browser: WebDriver) -> None:

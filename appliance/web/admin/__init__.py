@@ -9,7 +9,7 @@ import bottle
 
 from ..api import preview, upload
 from ..app import ERROR_CODES, json_error
-from ..auth import AuthPlugin, is_page_request
+from ..auth import AuthPlugin, is_page_request, security_headers
 from . import manage, pages
 from .common import Services, render
 
@@ -17,6 +17,7 @@ from .common import Services, render
 def install(app: bottle.Bottle, services: Services) -> None:
     """The pages, and the plugin that guards every route of ``app`` (the REST API too)."""
     app.install(AuthPlugin(services.security))
+    app.add_hook("after_request", security_headers)
     pages.install(app, services)
     manage.install(app, services)
     # minimal POST /instances and preview until issue 7's are merged
