@@ -383,8 +383,12 @@ def test_upload_browse_search_download(appliance: ApplianceProcess, browser: Web
         browser.get(appliance.url + "/admin/browse?" + query)
         names = {e.text for e in browser.find_elements(By.CLASS_NAME, "patient-name")}
         assert names == expected, query
-    browser.get(appliance.url + "/admin/browse?patient_id=UP2")
-    follow(browser, browser.find_element(By.CLASS_NAME, "patient-name"))
+    browser.get(appliance.url + "/admin/browse?view=patients&name=upload")
+    patients = browser.find_elements(By.CSS_SELECTOR, "#patients tr.patient")
+    assert sorted(p.text.split()[0] for p in patients) == ["Upload^One", "Upload^Two"]
+    shot(browser, "patients")
+    follow(browser, browser.find_element(By.LINK_TEXT, "Upload^Two"))  # the patient's studies
+    follow(browser, browser.find_element(By.CLASS_NAME, "patient-name"))  # the study
     shot(browser, "study")
     browser.execute_script("document.getElementById('until').value = '2099-01-31'")
     click(browser, "protect")

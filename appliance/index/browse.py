@@ -35,6 +35,11 @@ class StudyQuery:
 
 def search_studies(q: StudyQuery, limit: int = 200) -> list[dict[str, Any]]:
     """Studies matching ``q``, the most recently updated first."""
+    return [study_summary(s) for s in _matching(q, limit)]
+
+
+def _matching(q: StudyQuery, limit: int) -> Any:
+    """The studies (joined to their patient) a search matches."""
     query = (Study.select(Study, Patient).join(Patient)
              .order_by(Study.last_update.desc()).limit(limit))
     if q.name:
@@ -50,7 +55,19 @@ def search_studies(q: StudyQuery, limit: int = 200) -> list[dict[str, Any]]:
     if q.modality:
         query = query.where(Study.id.in_(
             Series.select(Series.study).where(Series.modality == q.modality.upper())))
-    return [study_summary(s) for s in query]
+    return query
+
+
+def search_patients(q: StudyQuery, limit: int = 200) -> list[dict[str, Any]]:
+    """Patients with a study matching ``q``, the most recently updated first."""
+    keys = {s.patient.id for s in _matching(q, limit * 10)}
+    query = (Patient.select(Patient, fn.COUNT(Study.id).alias("studies")).join(Study)
+             .where(Patient.id.in_(list(keys))).group_by(Patient.id)
+             .order_by(Patient.last_update.desc()).limit(limit))
+    return [{"id": p.public_id, "patient_id": p.patient_id, "name": p.patient_name,
+             "birth_date": p.tags.get("PatientBirthDate", ""), "sex": p.tags.get("PatientSex", ""),
+             "studies": getattr(p, "studies", 0), "protected": is_protected(p),
+             "last_update": p.last_update} for p in query]
 
 
 def study_summary(study: Any) -> dict[str, Any]:

@@ -45,8 +45,10 @@ def install(app: bottle.Bottle, s: Services) -> None:
     def search() -> Any:
         query = browse.StudyQuery(**{k: _query(k) for k in (
             "name", "patient_id", "date_from", "date_to", "modality", "accession")})
-        return render("browse.tpl", title="Browse", q=query,
-                      studies=browse.search_studies(query),
+        by_patient = _query("view") == "patients"
+        return render("browse.tpl", title="Browse", q=query, by_patient=by_patient,
+                      patients=browse.search_patients(query) if by_patient else [],
+                      studies=[] if by_patient else browse.search_studies(query),
                       modalities=sorted(s.routing.modalities()))
 
     @app.get("/admin/studies/<study_id>")

@@ -7,8 +7,30 @@
   <label>To (YYYYMMDD) <input name="date_to" value="{{q.date_to}}" id="s-to"></label>
   <label>Modality <input name="modality" value="{{q.modality}}" id="s-modality" size="4"></label>
   <label>Accession <input name="accession" value="{{q.accession}}" id="s-accession"></label>
+  <label>Show <select name="view" id="s-view">
+    <option value="studies">studies</option>
+    <option value="patients" {{'selected' if by_patient else ''}}>patients</option>
+  </select></label>
   <button type="submit" id="s-search">Search</button>
 </form>
+% if by_patient:
+<table class="results" id="patients">
+  <tr><th>Patient</th><th>ID</th><th>Birth date</th><th>Sex</th><th>Studies</th><th>Last received</th></tr>
+  % for p in patients:
+  <tr class="patient">
+    <td><a href="/admin/browse?patient_id={{p['patient_id']}}" class="patient-name">{{p["name"]}}</a>
+      % if p["protected"]:
+      <span class="pin" title="protected">pinned</span>
+      % end
+    </td>
+    <td>{{p["patient_id"]}}</td><td>{{p["birth_date"]}}</td><td>{{p["sex"]}}</td><td>{{p["studies"]}}</td><td>{{when(p["last_update"])}}</td>
+  </tr>
+  % end
+</table>
+% if not patients:
+<p class="small" id="no-results">No patient matches.</p>
+% end
+% else:
 <table class="results" id="studies">
   <tr><th>Patient</th><th>ID</th><th>Date</th><th>Description</th><th>Modalities</th><th>Images</th><th>Send to</th></tr>
   % for st in studies:
@@ -39,4 +61,5 @@
 </table>
 % if not studies:
 <p class="small" id="no-results">No study matches.</p>
+% end
 % end
