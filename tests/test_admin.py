@@ -281,6 +281,8 @@ def create_route(browser: WebDriver, app: ApplianceProcess) -> None:
 def restore(browser: WebDriver, app: ApplianceProcess, storescp: StoreSCP, count: int) -> None:
     """Dashboard -> search (click 1) -> send (click 2) -> progress to done."""
     browser.get(app.url + "/admin/")
+    assert browser.find_element(By.ID, "status").text.startswith("All good")
+    assert browser.find_element(By.ID, "count-instances").text == "4"
     shot(browser, "dashboard")
     fill(browser, {"q-name": "curie"})
     click(browser, "q-search")  # 1

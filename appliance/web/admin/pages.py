@@ -13,7 +13,7 @@ from ...accounts import AccountError
 from ...index import audit, browse, resources
 from ...routing.service import UnknownResource
 from ...storage.archive import zip_stream
-from ...storage.governor import disk_usage
+from ...storage.governor import DiskUsage, disk_usage
 from .. import auth
 from .common import STATIC, Services, flash_redirect, form, render, who
 
@@ -31,14 +31,14 @@ def install(app: bottle.Bottle, s: Services) -> None:
     def dashboard() -> Any:
         now = time.time()
         stats = resources.statistics()
-        return render("dashboard.tpl", title="Dashboard", stats=stats,
-                      disk=disk_usage(s.store.governor, int(stats["TotalDiskSize"])),
-                      full_reason=s.store.governor.full_reason,
+        disk = disk_usage(s.store.governor, int(stats["TotalDiskSize"]))
+        queue = s.routing.queue_state()
+        return render("dashboard.tpl", title="Dashboard", stats=stats, disk=disk,
+                      attention=attention(s.store.governor.full_reason, disk, queue),
                       sources=browse.last_reception_by_source(),
                       hourly=browse.received_per_hour(now, GRAPH_HOURS),
                       labels=browse.hours_ago_labels(now, GRAPH_HOURS),
-                      queue=s.routing.queue_state(),
-                      failures=s.routing.recent_failures(10),
+                      queue=queue, failures=s.routing.recent_failures(10),
                       modalities=sorted(s.routing.modalities()))
 
     @app.get("/admin/browse")
@@ -132,6 +132,20 @@ def install(app: bottle.Bottle, s: Services) -> None:
     def audit_log() -> Any:
         return render("audit.tpl", title="Audit log",
                       entries=audit.recent(500, _query("action")), action=_query("action"))
+
+
+def attention(full_reason: str, disk: DiskUsage, queue: dict[str, dict[str, Any]]
+              ) -> list[str]:
+    """What needs someone's attention, for the dashboard's status line."""
+    out = [f"refusing new images: {full_reason}"] if full_reason else []
+    if disk.free < 0.05 * disk.total:
+        out.append("less than 5% of the disk is free")
+    for name, q in queue.items():
+        if q["ConsecutiveFailures"]:
+            out.append(f"{name} is failing: {q['LastError']}")
+        if q["Failed"]:
+            out.append(f"{q['Failed']} sends to {name} failed for good (retry them in Queue)")
+    return out
 
 
 def install_login(app: bottle.Bottle, s: Services) -> None:

@@ -1,5 +1,16 @@
 % rebase("base.tpl", title=title)
 <h1>Dashboard</h1>
+% if attention:
+<section class="flash error status" id="status"><strong>Needs attention:</strong>
+  <ul>
+  % for item in attention:
+    <li>{{item}}</li>
+  % end
+  </ul>
+</section>
+% else:
+<p class="flash ok status" id="status">All good: new images accepted, no send failing.</p>
+% end
 <section class="card restore">
   <h2>Find a study to restore</h2>
   <form method="get" action="/admin/browse" class="inline" id="quick-search">
@@ -23,9 +34,6 @@
   % pct = min(100.0, 100.0 * disk.stored / limit) if limit else 0.0
   <div class="gauge" title="{{'%.1f' % pct}}%"><div class="fill {{'warn' if pct > 85 else ''}}" style="width: {{'%.1f' % pct}}%"></div></div>
   <p class="small">{{size(disk.stored)}} of {{size(disk.quota) + ' (quota)' if disk.quota else size(limit) + ' (stored + free disk)'}}; {{size(disk.free)}} free of {{size(disk.total)}} on the disk.</p>
-  % if full_reason:
-  <p class="flash error">Refusing new images: {{full_reason}}</p>
-  % end
 </section>
 <section class="card">
   <h2>Images received, last 24 h</h2>
