@@ -244,6 +244,8 @@ def test_modality_route_and_restore(appliance: ApplianceProcess, browser: WebDri
         create_route(browser, appliance)
         restore(browser, appliance, storescp, len(ct))
         xss_renders_as_text(browser, appliance)
+        storescp.stop()
+        failing_destination(browser, appliance)
     finally:
         storescp.stop()
 
@@ -303,6 +305,27 @@ def restore(browser: WebDriver, app: ApplianceProcess, storescp: StoreSCP, count
     browser.get(app.url + "/admin/audit")
     assert re.search(r"POST /admin/studies/\S+/send ok sent study \S+ \(3 instances\) to "
                      "planning", text(browser))
+
+
+def failing_destination(browser: WebDriver, app: ApplianceProcess) -> None:
+    """A send to a destination that is down: the dashboard says so, the queue cancels it."""
+    browser.get(app.url + "/admin/browse?patient_id=RT001")
+    follow(browser, browser.find_element(By.CLASS_NAME, "send-button"))
+
+    def flagged() -> bool:
+        browser.get(app.url + "/admin/")
+        return "planning is failing" in browser.find_element(By.ID, "status").text
+
+    wait_for(flagged, 60, "the dashboard to flag the destination")
+    shot(browser, "dashboard-attention")
+    browser.get(app.url + "/admin/queue")
+    assert "association with PLANNING" in browser.find_element(By.ID, "queue").text
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.CSS_SELECTOR, "#queue button.danger").click()
+    browser.switch_to.alert.accept()
+    wait_for(lambda: stale(page), 30, "the queue page")
+    assert "3 entries for planning: cancel" in text(browser)
+    assert app.json("/queue")["planning"]["Pending"] == 0
 
 
 def xss_renders_as_text(browser: WebDriver, app: ApplianceProcess) -> None:
