@@ -181,16 +181,23 @@ def test_first_run_setup_login_logout_csrf(appliance_factory: Any, browser: WebD
     assert "POST /admin/settings denied missing or wrong CSRF token" in audit
 
 
-def test_viewer_is_denied_settings(appliance: ApplianceProcess, browser: WebDriver) -> None:
-    login(browser, appliance)
-    browser.get(appliance.url + "/admin/users")
-    fill(browser, {"u-name": "physicist", "u-password": "viewer password"})
+PHYSICIST = ("physicist", "viewer password")
+
+
+def add_viewer(browser: WebDriver, app: ApplianceProcess) -> None:
+    browser.get(app.url + "/admin/users")
+    fill(browser, {"u-name": PHYSICIST[0], "u-password": PHYSICIST[1]})
     Select(browser.find_element(By.ID, "u-role")).select_by_visible_text("viewer")
     click(browser, "u-save")
     assert "user physicist saved with role viewer" in text(browser)
+
+
+def test_viewer_is_denied_settings(appliance: ApplianceProcess, browser: WebDriver) -> None:
+    login(browser, appliance)
+    add_viewer(browser, appliance)
     shot(browser, "users")
     click(browser, "logout")
-    login(browser, appliance, "physicist", "viewer password")
+    login(browser, appliance, *PHYSICIST)
     assert "Settings" not in browser.find_element(By.TAG_NAME, "nav").text
     browser.get(appliance.url + "/admin/settings")
     assert "needs an administrator" in text(browser)
@@ -199,7 +206,7 @@ def test_viewer_is_denied_settings(appliance: ApplianceProcess, browser: WebDriv
                      data={"csrf_token": csrf(browser), "quota.max_studies": "1"})
     assert r.status_code == 403
     assert session.get(appliance.url + "/patients", timeout=10).status_code == 200
-    viewer = ("physicist", "viewer password")  # the REST API with HTTP Basic: same roles
+    viewer = PHYSICIST  # the REST API with HTTP Basic: same roles
     r = requests.put(appliance.url + "/modalities/x", auth=viewer, timeout=10,
                      json={"AET": "X", "Host": "h", "Port": 104})
     assert r.status_code == 403
@@ -242,7 +249,15 @@ def test_modality_route_and_restore(appliance: ApplianceProcess, browser: WebDri
         login(browser, appliance)
         add_modality(browser, appliance, storescp.port)
         create_route(browser, appliance)
+        add_viewer(browser, appliance)
+        click(browser, "logout")
+        login(browser, appliance, *PHYSICIST)  # a physicist restores: a viewer may send
         restore(browser, appliance, storescp, len(ct))
+        click(browser, "logout")
+        login(browser, appliance)
+        browser.get(appliance.url + "/admin/audit")
+        assert re.search(r"physicist 127.0.0.1 POST /admin/studies/\S+/send ok sent study \S+ "
+                         r"\(3 instances\) to planning", text(browser))
         xss_renders_as_text(browser, appliance)
         storescp.stop()
         failing_destination(browser, appliance)
@@ -302,9 +317,6 @@ def restore(browser: WebDriver, app: ApplianceProcess, storescp: StoreSCP, count
     shot(browser, "queue")
     sent = {dcmread(p).SOPInstanceUID for p in storescp.files()}
     assert len(sent) == count
-    browser.get(app.url + "/admin/audit")
-    assert re.search(r"POST /admin/studies/\S+/send ok sent study \S+ \(3 instances\) to "
-                     "planning", text(browser))
 
 
 def failing_destination(browser: WebDriver, app: ApplianceProcess) -> None:
