@@ -279,8 +279,9 @@ def audited(principal: Principal, method: str, callback: Callable[..., Any],
     except Exception as exc:
         audit(principal.user, client_address(), action, f"internal error: {exc}"[:500], "error")
         raise
+    outcome = "failed" if bottle.response.status_code >= 400 else "ok"
     audit(principal.user, client_address(), action, bottle.request.environ.get(AUDIT, ""),
-          "ok")
+          outcome)
     return result
 
 

@@ -13,7 +13,7 @@ import bottle
 from ...configstore import ConfigStore
 from ...routing.service import Routing
 from ...store import Store
-from ..auth import Security, current
+from ..auth import Security, audit_note, current
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = str(HERE / "templates")
@@ -60,6 +60,13 @@ def form(name: str, default: str = "") -> str:
 
 def who() -> str:
     return current().user
+
+
+def answer_status(status: int, error: str) -> None:
+    """A page shown again with an error: its status, and the error for the audit log."""
+    bottle.response.status = status
+    if error:
+        audit_note(error)
 
 
 def flash_redirect(target: str, message: str = "", error: str = "") -> Any:

@@ -16,7 +16,7 @@ from ...config import Config, ConfigError, Permission
 from ...index import browse
 from ...routing.service import UnknownResource
 from .. import auth
-from .common import Services, flash_redirect, form, render, who
+from .common import Services, answer_status, flash_redirect, form, render, who
 
 # What the settings page edits; the rest stays in the configuration file (or the export).
 EDITABLE = ("dicom.aet", "dicom.port", "http.host", "http.port", "storage.stable_age",
@@ -100,7 +100,7 @@ def install(app: bottle.Bottle, s: Services) -> None:
 
 def install_settings(app: bottle.Bottle, s: Services) -> None:
     def page(error: str = "", status: int = 200) -> str:
-        bottle.response.status = status
+        answer_status(status, error)
         return render("settings.tpl", title="Settings", fields=fields(s.configs.current),
                       restart=NEEDS_RESTART, history=s.configs.history(), error=error)
 
@@ -158,7 +158,7 @@ def install_settings(app: bottle.Bottle, s: Services) -> None:
 def install_routing(app: bottle.Bottle, s: Services) -> None:
     def modalities_page(error: str = "", echo: str = "", edit: dict[str, Any] | None = None,
                         status: int = 200) -> str:
-        bottle.response.status = status
+        answer_status(status, error)
         return render("modalities.tpl", title="Modalities", modalities=s.routing.modalities(),
                       permissions=PERMISSIONS, error=error, echo=echo, edit=edit)
 
@@ -180,10 +180,12 @@ def install_routing(app: bottle.Bottle, s: Services) -> None:
             values = modality_values()
             failure = s.routing.echo(values)
             echo = f"C-ECHO to {values['aet']}: " + (failure or "success")
-            if form("action") == "test" or (failure and form("force") != "on"):
+            if form("action") == "test":
                 auth.audit_note(echo)
-                return modalities_page(echo=echo, edit=edit,
-                                       error="not saved" if form("action") != "test" else "")
+                return modalities_page(echo=echo, edit=edit)
+            if failure and form("force") != "on":
+                return modalities_page(echo=echo, edit=edit, status=400,
+                                       error=f"not saved: {echo}")
             s.routing.put_modality(name, values, who())
         except ConfigError as exc:
             return modalities_page(error=f"not saved: {exc}", edit=edit, status=400)
@@ -196,7 +198,7 @@ def install_routing(app: bottle.Bottle, s: Services) -> None:
 
     def routes_page(error: str = "", edit: dict[str, Any] | None = None,
                     dry: list[dict[str, Any]] | None = None, status: int = 200) -> str:
-        bottle.response.status = status
+        answer_status(status, error)
         return render("routes.tpl", title="Routes", routes=s.routing.routes(),
                       modalities=sorted(s.routing.modalities()), error=error, edit=edit,
                       dry=dry)
@@ -265,7 +267,7 @@ def install_users(app: bottle.Bottle, s: Services) -> None:
     accounts = s.security.accounts
 
     def page(error: str = "", secret: str = "", status: int = 200) -> str:
-        bottle.response.status = status
+        answer_status(status, error)
         return render("users.tpl", title="Users", users=accounts.users(),
                       tokens=accounts.tokens(), roles=ROLES, error=error, secret=secret)
 
