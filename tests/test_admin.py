@@ -129,7 +129,9 @@ def csrf(driver: WebDriver) -> str:
 
 
 def test_first_run_setup_login_logout_csrf(appliance_factory: Any, browser: WebDriver) -> None:
-    app = appliance_factory(accounts=False).start()
+    app = appliance_factory(accounts=False, config={"http": {"host": "0.0.0.0"}}).start()
+    assert "http.host 0.0.0.0 ignored until an administrator is set up" in app.log()
+    assert "HTTP listening on 127.0.0.1:" in app.log()
     assert requests.get(app.url + "/patients", timeout=10).status_code == 401
     match = re.search(r"http://127\.0\.0\.1:\d+/setup\?token=(\S+)", app.log())
     assert match, "the setup link is printed in the log"
@@ -166,6 +168,13 @@ def test_first_run_setup_login_logout_csrf(appliance_factory: Any, browser: WebD
     assert "wrong user name or password" in text(browser)
     shot(browser, "login-failed")
     login(browser, app, "root", "long enough pw")
+    form = requests.get(app.url + "/login", timeout=10)
+    r = requests.post(app.url + "/login", timeout=30, allow_redirects=False,
+                      cookies=form.cookies, data={"username": "root", "password": "long enough pw",
+                                                  "csrf_token": form.cookies["appliance_csrf"]})
+    assert r.status_code == 303
+    cookie = r.headers["Set-Cookie"].lower()
+    assert "appliance_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
 
     # Rate limit: failed logins for one user name are paused.
     statuses = [requests.post(app.url + "/login", timeout=30,
