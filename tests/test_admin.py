@@ -5,6 +5,7 @@ settings rollback, upload, and patient data that must render as text."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -365,7 +366,8 @@ def xss_renders_as_text(browser: WebDriver, app: ApplianceProcess) -> None:
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
 
 
-def test_settings_rollback(appliance: ApplianceProcess, browser: WebDriver) -> None:
+def test_settings_rollback_export_import(appliance: ApplianceProcess, browser: WebDriver,
+                                        tmp_path: Path) -> None:
     login(browser, appliance)
     browser.get(appliance.url + "/admin/settings")
     fill(browser, {"quota.max_studies": "many"})
@@ -392,6 +394,23 @@ def test_settings_rollback(appliance: ApplianceProcess, browser: WebDriver) -> N
     assert browser.find_element(By.ID, "storage.stable_age").get_attribute("value") == "5.0"
     browser.get(appliance.url + "/admin/audit")
     assert "configuration rolled back to version 1" in text(browser)
+
+    # Import: a whole configuration from one file (validated first: a bad one changes nothing)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**export, "routes": {"r": {"destinations": ["nowhere"]}}}))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({**export, "quota": {**export["quota"], "max_studies": 9}}))
+    for path, expected in ((bad, "not imported: routes.r.destinations"),
+                           (good, "configuration imported")):
+        browser.get(appliance.url + "/admin/settings")
+        browser.find_element(By.CSS_SELECTOR, 'input[type="file"][name="file"]').send_keys(
+            str(path))
+        page = browser.find_element(By.TAG_NAME, "html")
+        browser.find_element(By.ID, "import").click()
+        browser.switch_to.alert.accept()
+        wait_for(lambda: stale(page), 30, "the settings page")  # noqa: B023
+        assert expected in text(browser)
+    assert browser.find_element(By.ID, "quota.max_studies").get_attribute("value") == "9"
 
 
 def test_upload_browse_search_download(appliance: ApplianceProcess, browser: WebDriver,

@@ -42,7 +42,7 @@
   <form method="post" action="/admin/settings/import" enctype="multipart/form-data" class="inline" data-confirm="Replace the whole configuration with this file?">
     <input type="hidden" name="csrf_token" value="{{csrf}}">
     <input type="file" name="file" accept="application/json,.json">
-    <button type="submit">Import</button>
+    <button type="submit" id="import">Import</button>
   </form>
 </section>
 </div>
