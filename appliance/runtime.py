@@ -13,6 +13,7 @@ from types import FrameType
 
 from systemd import daemon
 
+from . import pixels
 from .accounts import Accounts
 from .config import Config
 from .configstore import ConfigStore
@@ -104,6 +105,7 @@ class Appliance:
         if self.http is not None:
             self.http.stop()
         self.dispatcher.stop()
+        pixels.worker.stop()
         self.store.stop()
         self.lock.release()
         log.info("stopped")

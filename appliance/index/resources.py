@@ -9,6 +9,7 @@ from typing import Any
 from peewee import JOIN, fn
 
 from .models import Change, Instance, Patient, Series, Study, tuples
+from .search import InstanceRef
 
 
 @dataclass(frozen=True)
@@ -193,3 +194,19 @@ def changes(since: int, limit: int) -> dict[str, Any]:
         "Done": len(rows) <= limit,
         "Last": int(last),
     }
+
+
+def instances_of(identifier: str) -> list[InstanceRef]:
+    """The stored instances below a resource named by its Orthanc public ID, or by a Study,
+    Series or SOP Instance UID (``appliance send``), in the order they were stored."""
+    select = Instance.select(
+        Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax, Instance.file
+    ).join(Series).join(Study).join(Patient)
+    for condition in (Patient.public_id == identifier, Study.public_id == identifier,
+                      Series.public_id == identifier, Instance.public_id == identifier,
+                      Study.study_uid == identifier, Series.series_uid == identifier,
+                      Instance.sop_uid == identifier):
+        rows = tuples(select.where(condition).order_by(Instance.id))
+        if rows:
+            return [InstanceRef(*row) for row in rows]
+    return []

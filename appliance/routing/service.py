@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import ConfigError, Modality, Route, build, to_dict, validated
 from ..configstore import ConfigStore
-from ..dicom import scu
+from ..dicom import remote
 from ..index import browse, resources
 from ..store import Store
 from . import queue
@@ -70,7 +70,8 @@ class Routing:
     def echo(self, values: dict[str, Any]) -> str:
         """C-ECHO a modality described by ``values`` (before it is saved): "" on success."""
         modality = build(Modality, values, "modality")
-        return scu.echo(self.configs.current.dicom, modality)
+        result = remote.echo(self.configs.current.dicom, modality)
+        return "" if result.ok else result.error or "C-ECHO failed"
 
     def dry_run(self, name: str, values: dict[str, Any], limit: int = 2000
                 ) -> dict[str, int]:
@@ -89,7 +90,7 @@ class Routing:
         study = resources.find("studies", study_id)
         if study is None:
             raise UnknownResource(f"unknown resource: studies/{study_id}")
-        return queue.progress(study.study_uid, destination, since)
+        return queue.study_progress(study.study_uid, destination, since)
 
     # --- the queue ---------------------------------------------------------------------------
 
@@ -128,15 +129,33 @@ class Routing:
         return int(self.store.writer.run(lambda: queue.cancel(destination, now=time.time())))
 
     def send(self, level: str, public_id: str, destination: str) -> int:
-        """Queue a resource for ``destination`` (durable: delivered even if it is down now)."""
+        """Queue a resource for ``destination`` (durable: delivered even if it is down now);
+        returns how many instances were queued."""
+        return len(self.queue_resources([(level, public_id)], destination))
+
+    def queue_resources(self, items: list[tuple[str, str]], destination: str) -> list[int]:
+        """Queue every instance of these (level, public ID) resources; the entries' IDs."""
         if destination not in self.configs.current.modalities:
             raise UnknownResource(f"no modality named {destination!r}")
-        keys = resources.instance_keys(level, public_id)
-        if keys is None:
-            raise UnknownResource(f"unknown resource: {level}/{public_id}")
-        count = self.store.writer.run(lambda: queue.enqueue(keys, destination, time.time()))
+        keys: list[int] = []
+        for level, public_id in items:
+            found = resources.instance_keys(level, public_id)
+            if found is None:
+                raise UnknownResource(f"unknown resource: {level}/{public_id}")
+            keys += found
+        ids = self.store.writer.run(lambda: queue.enqueue(keys, destination, time.time()))
         self.dispatcher.wake({destination})
-        return int(count)
+        return ids
+
+    def wait(self, entry_ids: list[int], timeout: float) -> tuple[int, int, int]:
+        """Wait until every entry was delivered or refused once, or ``timeout`` seconds:
+        (delivered, refused, still waiting). Waiting entries stay queued either way."""
+        end = time.monotonic() + timeout
+        while True:
+            delivered, refused, waiting = queue.progress(entry_ids)
+            if not waiting or time.monotonic() >= end:
+                return delivered, refused, waiting
+            time.sleep(0.1)
 
     def recent_failures(self, limit: int = 10) -> list[Any]:
         return queue.recent_failures(limit)
