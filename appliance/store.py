@@ -26,8 +26,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
+from . import pixels
 from .config import Config
-from .dicom.preview import render_png
 from .index import resources
 from .index.db import Writer, open_database
 from .index.delete import delete_instances, emptied
@@ -209,9 +209,15 @@ class Store:
                 for series, instance, name in resources.archive_names(keys)]
 
     def preview(self, public_id: str) -> bytes | None:
-        """A PNG of an instance (None: no such instance; ``NoPreview`` if not an image)."""
+        """A PNG of an instance, rendered in the pixel helper process (None: no such instance;
+        ``PixelError`` when it is not an image that can be decoded)."""
         row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
-        return render_png(self.area.path(row.file)) if row else None
+        if row is None:
+            return None
+        png, error = pixels.worker.run(pixels.render_preview, str(self.area.path(row.file)))
+        if error:
+            raise pixels.PixelError(error)
+        return png
 
     def read_header(self, name: str, tags: Sequence[BaseTag]) -> Dataset:
         """Some elements of a stored file (with its character set), never its pixel data."""

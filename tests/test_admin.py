@@ -280,7 +280,7 @@ def add_modality(browser: WebDriver, app: ApplianceProcess, port: int) -> None:
     fill(browser, {"m-name": "nowhere", "m-aet": "NOWHERE", "m-host": "127.0.0.1",
                    "m-port": str(free_port())})
     click(browser, "m-save")
-    assert "no association" in browser.find_element(By.ID, "echo-result").text
+    assert "cannot connect to NOWHERE" in browser.find_element(By.ID, "echo-result").text
     assert "not saved" in text(browser)
     fill(browser, {"m-name": "planning", "m-aet": "PLANNING", "m-host": "127.0.0.1",
                    "m-port": str(port)})
@@ -341,7 +341,7 @@ def failing_destination(browser: WebDriver, app: ApplianceProcess) -> None:
     wait_for(flagged, 60, "the dashboard to flag the destination")
     shot(browser, "dashboard-attention")
     browser.get(app.url + "/admin/queue")
-    assert "association with PLANNING" in browser.find_element(By.ID, "queue").text
+    assert "PLANNING@127.0.0.1" in browser.find_element(By.ID, "queue").text
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, "#queue button.danger").click()
     browser.switch_to.alert.accept()

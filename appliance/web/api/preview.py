@@ -7,7 +7,7 @@ from typing import Any
 
 import bottle
 
-from ...dicom.preview import NoPreview
+from ...pixels import PixelError
 from ...store import Store
 
 
@@ -16,7 +16,7 @@ def install(app: bottle.Bottle, store: Store) -> None:
     def preview(public_id: str) -> Any:
         try:
             png = store.preview(public_id)
-        except NoPreview as exc:
+        except (PixelError, TimeoutError) as exc:
             raise bottle.HTTPError(415, str(exc)) from exc
         if png is None:
             raise bottle.HTTPError(404, f"unknown resource: instances/{public_id}")
