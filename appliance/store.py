@@ -9,11 +9,16 @@ then may a caller report success.
 
 from __future__ import annotations
 
+import io
 import logging
+import shutil
+import tempfile
+import typing
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
 
 from peewee import SqliteDatabase
 from pydicom import config as pydicom_config
@@ -21,6 +26,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
+from . import pixels
 from .config import Config
 from .index import resources
 from .index.db import Writer, open_database
@@ -165,6 +171,55 @@ class Store:
         row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
         return open(self.area.path(row.file), "rb") if row else None
 
+    def receive_upload(self, body: BinaryIO, address: str) -> list[tuple[str, Recorded | str]]:
+        """A DICOM file or a ZIP of them sent over HTTP: (name, what was recorded, or why the
+        member was refused) for each. Stored through ``receive``, so routed as any other."""
+        head = body.read(4)
+        if head != b"PK\x03\x04":
+            return [("upload", self._receive_part(chain(head, body), address))]
+        spool = self._spool(chain(head, body))
+        try:
+            with zipfile.ZipFile(spool) as archive:
+                return [(member.filename, self._receive_part(archive.open(member), address))
+                        for member in archive.infolist() if not member.is_dir()]
+        except zipfile.BadZipFile as exc:
+            return [("upload", f"not a valid ZIP archive: {exc}")]
+        finally:
+            spool.unlink(missing_ok=True)
+
+    def _spool(self, body: IO[bytes]) -> Path:
+        fd, name = tempfile.mkstemp(suffix=".part", dir=self.area.tmp)
+        with open(fd, "wb") as out:
+            shutil.copyfileobj(body, out, 1 << 16)
+        return Path(name)
+
+    def _receive_part(self, body: IO[bytes], address: str) -> Recorded | str:
+        try:
+            return self.receive(self._spool(body), Origin(remote_address=address,
+                                                          kind="RestApi"))
+        except BadInstance as exc:
+            return str(exc)
+
+    def files_of(self, level: str, public_id: str) -> list[tuple[str, Path]] | None:
+        """The stored files under a resource, named ``series-folder/instance.dcm`` for an
+        archive (None: no such resource)."""
+        keys = resources.instance_keys(level, public_id)
+        if keys is None:
+            return None
+        return [(f"{series}/{instance}.dcm", self.area.path(name))
+                for series, instance, name in resources.archive_names(keys)]
+
+    def preview(self, public_id: str) -> bytes | None:
+        """A PNG of an instance, rendered in the pixel helper process (None: no such instance;
+        ``PixelError`` when it is not an image that can be decoded)."""
+        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
+        if row is None:
+            return None
+        png, error = pixels.worker.run(pixels.render_preview, str(self.area.path(row.file)))
+        if error:
+            raise pixels.PixelError(error)
+        return png
+
     def read_header(self, name: str, tags: Sequence[BaseTag]) -> Dataset:
         """Some elements of a stored file (with its character set), never its pixel data."""
         wanted = [*tags, Tag(0x00080005)]
@@ -185,6 +240,25 @@ class Store:
                         extra=fields)
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("stored %s from %s%s", tags.sop_uid, who, patient, extra=fields)
+
+
+def chain(head: bytes, rest: BinaryIO) -> BinaryIO:
+    """A stream whose first bytes were already read."""
+    return typing.cast(BinaryIO, io.BufferedReader(_Chained(head, rest)))
+
+
+class _Chained(io.RawIOBase):
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.head[:len(buffer)] if self.head else self.rest.read(len(buffer))
+        self.head = self.head[len(data):] if self.head else b""
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def check_expected(tags: InstanceTags, expected: Expected) -> None:

@@ -47,6 +47,24 @@ TEST_CONFIG = ROOT / "tests" / "image-config.json"
 IMAGE_INPUTS = ("appliance", "systemd", "image", "pyproject.toml", "tests/image-config.json")
 BOOT_TIMEOUT = 600.0  # software emulation on a shared 2-vCPU machine
 AET = "APPLIANCE"
+ADMIN = ("admin", "a first-run password")
+
+# Run inside the guest: the first-run setup as a person does it, with the one-time link the
+# appliance printed in its journal (the web server listens on loopback until it is used).
+SETUP = """
+import re, subprocess, urllib.parse, urllib.request, http.cookiejar
+log = subprocess.run(["journalctl", "-u", "appliance", "-o", "cat"], capture_output=True,
+                     text=True).stdout
+token = log.split("/setup?token=")[-1].split()[0]
+jar = urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+opener = urllib.request.build_opener(jar)
+page = opener.open("http://127.0.0.1:8042/setup?token=" + token).read().decode()
+csrf = re.search('name="csrf_token" value="([^"]+)"', page).group(1)
+form = {"token": token, "username": "USER", "password": "PASSWORD", "password2": "PASSWORD",
+        "csrf_token": csrf}
+answer = opener.open("http://127.0.0.1:8042/setup", urllib.parse.urlencode(form).encode())
+print(answer.status, answer.geturl())
+""".replace("USER", ADMIN[0]).replace("PASSWORD", ADMIN[1])
 MEASUREMENTS: dict[str, float] = {}
 
 
@@ -185,7 +203,20 @@ class Vm:
             self.shell = None
 
     def get(self, path: str) -> requests.Response:
-        return requests.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=30)
+        return requests.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=30, auth=ADMIN)
+
+    def first_run_setup(self) -> None:
+        """Set the admin password through the printed link, then restart the service: with an
+        administrator it listens beyond loopback (``tests/image-config.json``)."""
+        import base64
+
+        script = base64.b64encode(SETUP.encode()).decode()
+        out = self.check(f"echo {script} | base64 -d > /tmp/setup.py && "
+                         "/opt/appliance/venv/bin/python3 /tmp/setup.py")
+        assert out.endswith("/admin/"), out
+        self.check("systemctl restart appliance")
+        wait_for(self.echo_ok, timeout=BOOT_TIMEOUT, what="the restarted appliance")
+        wait_for(lambda: self.get("/system").status_code == 200, 120, "the web API, logged in")
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +224,7 @@ def vm(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
     machine = Vm(image, tmp_path_factory.mktemp("vm"))
     try:
         MEASUREMENTS["boot_to_ready_seconds"] = round(machine.boot(), 1)
+        machine.first_run_setup()
         yield machine
     finally:
         if machine.proc is not None and machine.proc.poll() is None:
