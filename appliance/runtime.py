@@ -76,19 +76,15 @@ class Appliance:
         self.dispatcher.start()
         self.dicom = DicomServer(self.configs, self.store, self.monitor.dicom)
         routing = Routing(self.configs, self.store, self.dispatcher)
-        self.http = HttpServer(self.config, self.store,
-                               [lambda app: routing_api.install(app, routing),
-                                lambda app: health_api.install(app, self.monitor)])
-        self.dicom.start()
-        threading.Thread(target=self.http.serve, name="http", daemon=True).start()
-        self.monitor.start(self.dicom.port)
         security = self.security()
         services = admin.Services(self.configs, self.store, routing, security)
         self.http = HttpServer(http_config(self.config, security), self.store,
                                [lambda app: routing_api.install(app, routing),
+                                lambda app: health_api.install(app, self.monitor),
                                 lambda app: admin.install(app, services)])
         self.dicom.start()
         threading.Thread(target=self.http.serve, name="http", daemon=True).start()
+        self.monitor.start(self.dicom.port)
         if security.setup is not None and security.setup.value is not None:
             log.warning("no administrator yet: set the admin password at "
                         "http://127.0.0.1:%d/setup?token=%s (a one-time link)",
