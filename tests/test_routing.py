@@ -241,8 +241,8 @@ def test_one_destination_down_does_not_delay_the_other(appliance_factory: Any,
         "queue": {"retry_initial": 30},
     }).start()
     storescu(app, *make_series(tmp_path / "in", 30))
-    wait_for(lambda: received(up) == 30, 60, "the live destination to receive")
-    assert pending(app, "up") == 0
+    wait_for(lambda: received(up) == 30 and pending(app, "up") == 0, 60,
+             "the live destination to receive")
     assert pending(app, "down") == 30
 
 

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -1573,6 +1573,55 @@ def write_forward_json(r: ForwardResults, text: str) -> Path:
     return save_json(body, "bench-forward")
 
 
+# --- quota (issue 5) ------------------------------------------------------------------------
+
+@dataclass
+class QuotaResults(RunInfo):
+    cells: list[Cell]  # into an empty store, then into the same store full and recycling
+    recycled_studies: int
+    errors: list[str]
+
+
+def run_quota(quick: bool, lab: Lab) -> QuotaResults:
+    """The tiny set into an appliance whose quota holds as many studies as the set has, then a
+    second tiny set (new UIDs): each of its studies recycles one of the first set's."""
+    spec = set_specs(quick)["tiny"]
+    first = generate(spec)
+    second = generate(replace(spec, name="tiny-b", first_study=0))
+    r = QuotaResults(machine_info(), versions(), quick,
+                     {"tiny": {"files": first.files, "bytes": first.bytes}}, [], 0, [])
+    config = {"quota": {"max_studies": spec.studies}}
+    with lab.running(Appliance, config) as server:
+        idle = settle_rss(server)
+        empty = measure_send(server, first, [first.root], True, idle_rss=idle)
+        empty.note = "empty store (fills it to the quota)"
+        print(f"  empty store: {empty.rate:.1f} inst/s", flush=True)
+        full = measure_send(server, second, [second.root], True, idle_rss=idle,
+                            already=second.files - first.files)
+        full.note = f"full store: every new study recycles one ({spec.studies} studies)"
+        print(f"  full store, recycling: {full.rate:.1f} inst/s", flush=True)
+        stats = server.statistics() if isinstance(server, Appliance) else None
+        r.recycled_studies = spec.studies * 2 - int((stats or {}).get("CountStudies", 0))
+        r.cells = [empty, full]
+    return r
+
+
+def quota_report(r: QuotaResults) -> str:
+    out = header("appliance quota benchmark", r.machine, r.versions, r.quick)
+    empty, full = (r.cells + [None, None])[:2]
+    out += ["", "The tiny set (storescu, one association, TCP_NODELAY=1) into an appliance with"
+            " quota.max_studies = the set's study count:", "first into the empty store, then a"
+            " second tiny set (new UIDs) into the full store, recycling a study per new one."]
+    for cell in r.cells:
+        out.append(f"  {cell.note:60} {cell.rate:8.1f} inst/s  peak {cell.peak_rss_mib:.1f} MiB")
+    out.append(f"  studies recycled: {r.recycled_studies}")
+    target = Target("full, recycling / empty (tiny x1)",
+                    ratio(rate_of(full), rate_of(empty)), 0.8, "x", True)
+    out += ["", "Targets", target.line()]
+    out += problems_and_failures([], r.errors)
+    return "\n".join(out)
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1590,9 +1639,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run only the store-and-forward part (issue 4): rates delivered to a"
                         " storescp through the appliance and through Orthanc (Lua"
                         " auto-routing), against storescu sending straight to it")
+    p.add_argument("--quota", action="store_true",
+                   help="run only the quota part (issue 5): the tiny set into an empty store,"
+                        " then into the same store full and recycling a study per new one")
     args = p.parse_args(argv)
-    if args.qr and args.forward:
-        p.error("--qr and --forward are separate runs")
+    if args.qr + args.forward + args.quota > 1:
+        p.error("--qr, --forward and --quota are separate runs")
     sets = args.sets or ("tiny,small" if args.forward else "tiny,small,large")
     args.sets = [s.strip() for s in sets.split(",") if s.strip()]
     unknown = set(args.sets) - {"tiny", "small", "large"}
@@ -1619,6 +1671,10 @@ def run_and_report(args: argparse.Namespace, lab: Lab) -> tuple[str, Path]:
         qr = run_qr(args.quick, lab)
         text = qr_report(qr)
         return text, write_qr_json(qr, text)
+    if args.quota:
+        quota = run_quota(args.quick, lab)
+        text = quota_report(quota)
+        return text, save_json({**asdict(quota), "report": text}, "bench-quota")
     if args.forward:
         forward = run_forward(args.sets, args.quick, lab)
         text = forward_report(forward)
