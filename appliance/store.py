@@ -63,6 +63,10 @@ class Store:
         self.governor = Governor(root, lambda: self.config.quota, self.delete)
         # told which destinations have new pending entries (after their commit)
         self.on_queued: Callable[[set[str]], None] = lambda destinations: None
+        # asked before a file is adopted: raise BadInstance to refuse it (the hooks' filter)
+        self.admission: Callable[[InstanceTags, Origin, Path], None] = lambda *args: None
+        # told of every instance once committed (must return at once: the hooks queue it)
+        self.on_stored: Callable[[Recorded, InstanceTags, Origin], None] = lambda *args: None
 
     def start(self) -> None:
         self.writer.start()
@@ -85,6 +89,7 @@ class Store:
             tags = read_instance_tags(tmp_path)
             if expected is not None:
                 check_expected(tags, expected)
+            self.admission(tags, origin, tmp_path)
             info = FileInfo("", tmp_path.stat().st_size, md5_file(tmp_path))
             planned = self.rules.match(tags, origin, tmp_path)
             ids = public_ids(tags.patient_id, tags.study_uid, tags.series_uid, tags.sop_uid)
@@ -102,6 +107,7 @@ class Store:
         now = {p.destination for p in planned if p.trigger == "instance"}
         if now and recorded.outcome != "kept-first":
             self.on_queued(now)
+        self.on_stored(recorded, tags, origin)
         return recorded
 
     def _store_file(self, tmp_path: Path, tags: InstanceTags, info: FileInfo, origin: Origin,
@@ -163,6 +169,14 @@ class Store:
         """The stored bytes of an instance, or None if there is no such instance."""
         row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
         return open(self.area.path(row.file), "rb") if row else None
+
+    def read_instance(self, public_id: str, defer_size: int | None = None) -> Dataset | None:
+        """A stored instance as a dataset (values above ``defer_size`` bytes read only when
+        used, so a header walk never loads the pixel data); None if there is no such instance."""
+        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
+        if row is None:
+            return None
+        return dcmread(self.area.path(row.file), defer_size=defer_size)
 
     def read_header(self, name: str, tags: Sequence[BaseTag]) -> Dataset:
         """Some elements of a stored file (with its character set), never its pixel data."""

@@ -180,3 +180,80 @@ def changes(since: int, limit: int) -> dict[str, Any]:
         "Done": len(rows) <= limit,
         "Last": int(last),
     }
+
+
+def last_change() -> dict[str, Any]:
+    """``/changes?last``: the latest change alone."""
+    last = Change.select(fn.MAX(Change.seq)).scalar() or 0
+    return changes(last - 1, 1) if last else changes(0, 0)
+
+
+# --- related resources, lookups and archives (the REST API's parent/children routes) ---------
+
+PARENT = {"studies": "patients", "series": "studies", "instances": "series"}
+ORDER = ("patients", "studies", "series", "instances")
+
+
+def related(level: str, row: Any, target: str) -> list[Any]:
+    """The rows of ``target`` above or below ``row`` (itself when ``target`` is its level)."""
+    rows = [row]
+    while level != target:
+        if ORDER.index(target) > ORDER.index(level):
+            child = LEVELS[CHILD[level]]
+            level = CHILD[level]
+            keys = [r.id for r in rows]
+            rows = list(child.model.select().where(child.parent_field.in_(keys))
+                        .order_by(child.model.id))
+        else:
+            fk = getattr(rows[0], LEVELS[level].parent_field.name + "_id")
+            level = PARENT[level]
+            rows = [LEVELS[level].model.get_by_id(fk)]
+    return rows
+
+
+LOOKUP_COLUMNS = (
+    ("patients", Patient.patient_id), ("studies", Study.study_uid),
+    ("studies", Study.accession_number), ("series", Series.series_uid),
+    ("instances", Instance.sop_uid),
+)  # fmt: skip
+
+
+def lookup(identifier: str) -> list[dict[str, str]]:
+    """Orthanc's ``/tools/lookup``: the resources whose identifying tag is ``identifier``."""
+    out = []
+    for level, column in LOOKUP_COLUMNS:
+        model = LEVELS[level].model
+        for (public_id,) in model.select(model.public_id).where(column == identifier).tuples():
+            out.append({"ID": public_id, "Path": f"/{level}/{public_id}",
+                        "Type": LEVELS[level].name})
+    return out
+
+
+def archive_entries(level: str, row: Any) -> list[tuple[str, str]]:
+    """(path in the archive, instance public ID) for every instance below ``row``, laid out
+    as Orthanc lays out its archives: patient/study/series folders."""
+    query = (Instance.select(Instance.public_id, Series.tags, Study.tags,
+                             Patient.tags)
+             .join(Series, on=Instance.series == Series.id)
+             .join(Study, on=Series.study == Study.id)
+             .join(Patient, on=Study.patient == Patient.id)
+             .where(LEVELS[level].model.id == row.id)
+             .order_by(Series.id, Instance.id))
+    out: list[tuple[str, str]] = []
+    counters: dict[str, int] = {}
+    for public_id, series, study, patient in tuples(query):
+        folder = "/".join((
+            _name(patient, "PatientID", "PatientName"),
+            _name(study, "StudyDate", "StudyDescription"),
+            _name(series, "Modality", "SeriesNumber", "SeriesDescription"),
+        ))
+        counters[folder] = counters.get(folder, 0) + 1
+        out.append((f"{folder}/{series.get('Modality', 'XX')[:2]}{counters[folder]:06d}.dcm",
+                    public_id))
+    return out
+
+
+def _name(tags: dict[str, str], *keywords: str) -> str:
+    """A folder name from tag values, safe in any file system."""
+    text = " ".join(tags.get(k, "") for k in keywords).strip() or "unknown"
+    return "".join(c if c.isalnum() or c in " ^-_." else "_" for c in text)[:64]

@@ -12,7 +12,7 @@ from waitress.server import create_server
 
 from ..config import Config
 from ..store import Store
-from .api import resources, system
+from .api import content, resources, system, tools, upload
 
 log = logging.getLogger("appliance.web")
 
@@ -35,9 +35,12 @@ def create_app(config: Config, store: Store, installers: Sequence[Installer] = (
     app.config["appliance.store"] = store
     resources.install(app, config, store)
     system.install(app, config, store)
+    upload.install(app, config, store)
+    content.install(app, config, store)
+    tools.install(app, config, store)
     for install in installers:
         install(app)
-    for code in (400, 403, 404, 405, 413, 500, 503, 507):
+    for code in (400, 403, 404, 405, 406, 409, 413, 415, 500, 503, 507):
         app.error(code)(json_error)
     return app
 
