@@ -257,3 +257,30 @@ def _name(tags: dict[str, str], *keywords: str) -> str:
     """A folder name from tag values, safe in any file system."""
     text = " ".join(tags.get(k, "") for k in keywords).strip() or "unknown"
     return "".join(c if c.isalnum() or c in " ^-_." else "_" for c in text)[:64]
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An instance found by its UIDs (DICOMweb addresses instances by UID)."""
+
+    public_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+
+
+def instances_by_uid(study: str, series: str | None = None,
+                     sop: str | None = None) -> list[StoredInstance]:
+    """The instances of a study, of one of its series, or one instance, in storage order."""
+    query = (Instance.select(Instance.public_id, Study.study_uid, Series.series_uid,
+                             Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax)
+             .join(Series, on=Instance.series == Series.id)
+             .join(Study, on=Series.study == Study.id)
+             .where(Study.study_uid == study))
+    if series is not None:
+        query = query.where(Series.series_uid == series)
+    if sop is not None:
+        query = query.where(Instance.sop_uid == sop)
+    return [StoredInstance(*row) for row in tuples(query.order_by(Instance.id))]

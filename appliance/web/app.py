@@ -12,6 +12,7 @@ from waitress.server import create_server
 
 from ..config import Config
 from ..store import Store
+from . import dicomweb
 from .api import content, resources, system, tools, upload
 
 log = logging.getLogger("appliance.web")
@@ -38,6 +39,7 @@ def create_app(config: Config, store: Store, installers: Sequence[Installer] = (
     upload.install(app, config, store)
     content.install(app, config, store)
     tools.install(app, config, store)
+    dicomweb.install(app, config, store)
     for install in installers:
         install(app)
     for code in (400, 403, 404, 405, 406, 409, 413, 415, 500, 503, 507):
