@@ -14,6 +14,7 @@ from systemd import daemon
 
 from .configstore import ConfigStore
 from .dicom.scp import DicomServer
+from .hooks import Hooks
 from .routing.service import Routing
 from .routing.worker import Dispatcher
 from .storage.fsck import reconcile
@@ -56,6 +57,7 @@ class Appliance:
         self.dispatcher = Dispatcher(configs, self.store)
         self.dicom: DicomServer | None = None
         self.http: HttpServer | None = None
+        self.hooks: Hooks | None = None
 
     def start(self) -> None:
         """Reconcile first, then resume the outbound queue, then open the ports, then tell
@@ -66,6 +68,8 @@ class Appliance:
         self.dispatcher.start()
         self.dicom = DicomServer(self.configs, self.store)
         routing = Routing(self.configs, self.store, self.dispatcher)
+        self.hooks = Hooks(self.configs, self.store, routing)
+        self.hooks.start()
         self.http = HttpServer(self.config, self.store,
                                [lambda app: routing_api.install(app, routing)])
         self.dicom.start()
@@ -81,6 +85,8 @@ class Appliance:
             self.dicom.stop(SHUTDOWN_GRACE)
         if self.http is not None:
             self.http.stop()
+        if self.hooks is not None:
+            self.hooks.stop()
         self.dispatcher.stop()
         self.store.stop()
         self.lock.release()

@@ -58,6 +58,8 @@ class HttpServer:
             threads=config.http.threads,
             ident="appliance",
             clear_untrusted_proxy_headers=True,
+            # waitress refuses (413) bodies over this before the views see them
+            max_request_body_size=int(config.http.max_upload_mb * 1024 * 1024) + (1 << 20),
         )
 
     @property

@@ -87,8 +87,8 @@ def install(app: bottle.Bottle, config: Config, store: Store) -> None:
 
 def _protection(body: str) -> tuple[bool, float | None]:
     body = body.strip()
-    if body in ("0", "1"):
-        return body == "1", None
+    if body in ("0", "1", "false", "true"):
+        return body in ("1", "true"), None
     try:
         value = json.loads(body)
         protected = value["Protected"]
