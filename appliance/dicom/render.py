@@ -17,20 +17,25 @@ class Undecodable(ValueError):
     """The pixel data cannot be decoded or rendered here (no codec, no pixel data)."""
 
 
+class NoSuchFrame(Undecodable):
+    """The instance has fewer frames (or none)."""
+
+
 def decode_frame(src: BinaryIO, index: int) -> tuple[Any, Dataset]:
     """The frame ``index`` (from 0) as an array, with the dataset's other elements."""
-    from pydicom import pixels
+    from pydicom import dcmread, pixels
 
+    header = dcmread(src, stop_before_pixels=True)
+    src.seek(0)
+    frames = int(header.get("NumberOfFrames") or 1)
+    if index >= frames:
+        raise NoSuchFrame(f"no frame {index + 1}: the instance has {frames}")
     ds = Dataset()
     try:
         frame = pixels.pixel_array(src, ds_out=ds, index=index)
-    except (IndexError, ValueError) as exc:
-        if "index" in str(exc).lower() or isinstance(exc, IndexError):
-            raise Undecodable(f"no frame {index + 1}: {exc}") from exc
-        raise Undecodable(f"cannot decode the pixel data: {exc}") from exc
     except (AttributeError, KeyError) as exc:
         raise Undecodable(f"no pixel data: {exc}") from exc
-    except (NotImplementedError, RuntimeError) as exc:
+    except (ValueError, NotImplementedError, RuntimeError) as exc:
         raise Undecodable(f"cannot decode the pixel data: {exc}") from exc
     return frame, ds
 

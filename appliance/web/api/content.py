@@ -11,7 +11,7 @@ import bottle
 
 from ...config import Config
 from ...dicom import orthanc_json
-from ...dicom.render import Undecodable, render
+from ...dicom.render import NoSuchFrame, Undecodable, render
 from ...index import resources as index
 from ...store import Store
 from .common import CHUNK, as_json, fail, found, opened
@@ -46,7 +46,7 @@ def install(app: bottle.Bottle, config: Config, store: Store) -> None:
             try:
                 png = render(f, frame)
             except Undecodable as exc:
-                fail(415, str(exc))
+                fail(404 if isinstance(exc, NoSuchFrame) else 415, str(exc))
         bottle.response.content_type = "image/png"
         return png
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import bottle
 
-from ...dicom.render import Undecodable, frame_bytes, render
+from ...dicom.render import NoSuchFrame, Undecodable, frame_bytes, render
 from ...index.resources import StoredInstance, instances_by_uid
 from ...store import Store
 from ..api.common import fail, opened, stream
@@ -88,7 +88,7 @@ def frames(store: Store, instance: StoredInstance, numbers: list[int]) -> Iterat
             try:
                 decoded.append(frame_bytes(f, number - 1))
             except Undecodable as exc:
-                fail(404 if "no frame" in str(exc) else 415, str(exc))
+                fail(404 if isinstance(exc, NoSuchFrame) else 415, str(exc))
     boundary = new_boundary()
     bottle.response.content_type = related_type("application/octet-stream", boundary)
     return join((("application/octet-stream", [data]) for data in decoded), boundary)
@@ -104,7 +104,7 @@ def rendered(store: Store, instance: StoredInstance, number: int) -> bytes:
         try:
             data = render(f, number - 1, RENDERED[media])
         except Undecodable as exc:
-            fail(404 if "no frame" in str(exc) else 415, str(exc))
+            fail(404 if isinstance(exc, NoSuchFrame) else 415, str(exc))
     bottle.response.content_type = media
     return data
 
