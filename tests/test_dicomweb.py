@@ -134,7 +134,8 @@ def test_qido_and_wado_errors(appliance: ApplianceProcess, tmp_path: Path) -> No
                f"/instances/{ds.SOPInstanceUID}"
     assert requests.get(f"{instance}/frames/2", timeout=30).status_code == 404
     assert requests.get(f"{instance}/frames/0", timeout=30).status_code == 400
+    jpeg = "1.2.840.10008.1.2.4.50"
     r = requests.get(instance, timeout=30, headers={
-        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'})
+        "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={jpeg}'})
     assert r.status_code == 406
     assert requests.get(f"{base}/studies?fuzzymatching=true", timeout=30).status_code == 200
