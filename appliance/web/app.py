@@ -12,7 +12,7 @@ from waitress.server import create_server
 
 from ..config import Config
 from ..store import Store
-from . import dicomweb
+from . import dicomweb, openapi
 from .api import content, resources, system, tools, upload
 
 log = logging.getLogger("appliance.web")
@@ -42,6 +42,7 @@ def create_app(config: Config, store: Store, installers: Sequence[Installer] = (
     dicomweb.install(app, config, store)
     for install in installers:
         install(app)
+    openapi.install(app)
     for code in (400, 403, 404, 405, 406, 409, 413, 415, 500, 503, 507):
         app.error(code)(json_error)
     return app
