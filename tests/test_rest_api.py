@@ -129,7 +129,7 @@ def test_tools_find_follows_cfind_matching(appliance: ApplianceProcess, tmp_path
         return r.json()
 
     assert len(find({"Level": "Study", "Query": {"PatientName": "doe*"}})) == 1
-    assert find({"Level": "Study", "Query": {"PatientName": "doe*"}, "CaseSensitive": True})
+    assert not find({"Level": "Study", "Query": {"PatientName": "doe*"}, "CaseSensitive": True})
     assert len(find({"Level": "Series", "Query": {"Modality": "CT\\MR"}})) == 2
     assert len(find({"Level": "Instance", "Query": {"PatientID": "A?"}})) == 2
     assert len(find({"Level": "Instance", "Query": {}, "Limit": 2, "Since": 1})) == 2

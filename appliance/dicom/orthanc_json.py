@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import (
+    dictionary_VR,
+    keyword_for_tag,
+    private_dictionary_description,
+)
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
 TOO_LONG = 256
+PADDING = 0xFFFCFFFC  # DataSetTrailingPadding: not shown
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
 UNKNOWN = "Unknown Tag & Data"
 
@@ -53,16 +58,49 @@ def _entry(ds: Dataset, tag: BaseTag) -> tuple[str, Any]:
     elem = ds[tag]
     if vr == "SQ":
         return "Sequence", list(elem.value)
-    text = _text(elem.value)
+    text = (_at_text(elem.value) if vr == "AT" else _float_text(elem.value)
+            if vr in ("FL", "FD") else _text(elem.value))
     if len(text) > TOO_LONG:
         return "TooLong", None
     return "String", text
 
 
+def _float_text(value: Any) -> str:
+    """Floats with 17 significant digits, as Orthanc (and C++'s lexical casts) write them."""
+    values = value if isinstance(value, (list, MultiValue)) else [value]
+    return "\\".join(format(float(v), ".17g") for v in values if v is not None)
+
+
+def _at_text(value: Any) -> str:
+    """Attribute tags as Orthanc writes them: ``gggg,eeee``."""
+    values = value if isinstance(value, (list, MultiValue)) else [value]
+    return "\\".join(tag_key(BaseTag(v)) for v in values if v is not None)
+
+
 def _tags(ds: Dataset) -> list[BaseTag]:
-    """The dataset's tags, without the file meta and group lengths (Orthanc shows those
-    elsewhere)."""
-    return [t for t in ds.keys() if t.group != 0x0002 and t.element != 0]
+    """The dataset's tags, without the file meta, group lengths and padding (Orthanc shows
+    none of them here)."""
+    return [t for t in ds.keys() if t.group != 0x0002 and t.element != 0 and t != PADDING]
+
+
+def _creator(ds: Dataset, tag: BaseTag) -> str:
+    """The private creator reserving a private element's block ("" if none)."""
+    block = ds.get(BaseTag((tag.group << 16) | (tag.element >> 8)))
+    return str(block.value) if block is not None and block.value else ""
+
+
+def _name(ds: Dataset, tag: BaseTag) -> tuple[str, str]:
+    """(name, private creator) as DCMTK's dictionary names them."""
+    if not tag.is_private:
+        return keyword_for_tag(tag) or UNKNOWN, ""
+    if tag.is_private_creator:
+        return "PrivateCreator", ""
+    creator = _creator(ds, tag)
+    try:
+        description = private_dictionary_description(tag, creator)
+    except KeyError:
+        return UNKNOWN, creator
+    return "".join(c for c in description.title() if c.isalnum()) or UNKNOWN, creator
 
 
 def full(ds: Dataset) -> dict[str, Any]:
@@ -72,8 +110,11 @@ def full(ds: Dataset) -> dict[str, Any]:
         kind, value = _entry(ds, tag)
         if kind == "Sequence":
             value = [full(item) for item in value]
-        out[tag_key(tag)] = {"Name": keyword_for_tag(tag) or UNKNOWN, "Type": kind,
-                             "Value": value}
+        name, creator = _name(ds, tag)
+        entry = {"Name": name, "Type": kind, "Value": value}
+        if creator:
+            entry["PrivateCreator"] = creator
+        out[tag_key(tag)] = entry
     return out
 
 

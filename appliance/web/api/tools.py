@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
@@ -20,12 +21,10 @@ PATHS = {Level.PATIENT: "patients", Level.STUDY: "studies", Level.SERIES: "serie
          Level.IMAGE: "instances"}
 
 
-def find(store: Store, config: Config, level: Level, constraints: dict[str, str],
-         returned: list[str], case_sensitive: bool = True) -> Any:
-    """The matches of a text query, lazily; 400 for a key that cannot be asked."""
-    def fold(vr: str) -> bool:
-        return not case_sensitive or (vr == "PN" and not config.dicom.case_sensitive_pn)
-
+def find(store: Store, level: Level, constraints: dict[str, str], returned: list[str],
+         fold: Callable[[str], bool]) -> Any:
+    """The matches of a text query, lazily; 400 for a key that cannot be asked. ``fold``
+    says which VRs match case-insensitively."""
     try:
         query = relational_query(level, constraints, returned, fold)
     except QueryError as exc:
@@ -42,10 +41,12 @@ def install(app: bottle.Bottle, config: Config, store: Store) -> None:
 
     @app.post("/tools/find")
     def tools_find() -> Any:
-        """Orthanc's body: ``{"Level", "Query", "Expand", "Limit", "Since", "CaseSensitive"}``."""
+        """Orthanc's body: ``{"Level", "Query", "Expand", "Limit", "Since", "CaseSensitive"}``
+        (as Orthanc: case-insensitive unless CaseSensitive is true)."""
         body = _find_body(json_body())
         level = LEVEL_NAMES[body["Level"].lower()]
-        _, matches = find(store, config, level, body["Query"], [], body["CaseSensitive"])
+        case_sensitive = body["CaseSensitive"]
+        _, matches = find(store, level, body["Query"], [], lambda vr: not case_sensitive)
         since, limit = body["Since"], body["Limit"]
         page = islice(matches, since, since + limit if limit else None)
         path = PATHS[level]
@@ -65,7 +66,7 @@ def _find_body(body: Any) -> dict[str, Any]:
     """The request checked and completed with Orthanc's defaults (400 with the reason)."""
     if not isinstance(body, dict):
         fail(400, "the body must be a JSON object")
-    out = {"Expand": False, "Limit": 0, "Since": 0, "CaseSensitive": True, **body}
+    out = {"Expand": False, "Limit": 0, "Since": 0, "CaseSensitive": False, **body}
     if not isinstance(out.get("Level"), str) or out["Level"].lower() not in LEVEL_NAMES:
         fail(400, "Level must be one of Patient, Study, Series, Instance")
     query = out.get("Query")

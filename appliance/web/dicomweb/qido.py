@@ -49,7 +49,9 @@ def search(store: Store, config: Config, level: Level, fixed: dict[str, str]) ->
     returned = DEFAULT_KEYS[level] + included
     if level is not Level.STUDY and "StudyInstanceUID" not in fixed:
         returned = DEFAULT_KEYS[Level.STUDY] + returned
-    query, matches = find(store, config, level, constraints, returned)
+    fold_pn = not config.dicom.case_sensitive_pn  # C-FIND's rule: only names may fold
+    query, matches = find(store, level, constraints, returned,
+                          lambda vr: fold_pn and vr == "PN")
     offset = int_param("offset", 0) or 0
     limit = int_param("limit", None)
     page = islice(matches, offset, None if limit is None else offset + limit)
