@@ -9,6 +9,7 @@ element is never read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.datadict import (
@@ -103,27 +104,38 @@ def _name(ds: Dataset, tag: BaseTag) -> tuple[str, str]:
     return "".join(c for c in description.title() if c.isalnum()) or UNKNOWN, creator
 
 
-def full(ds: Dataset) -> dict[str, Any]:
-    """Orthanc's full format: ``{"0010,0010": {"Name", "Type", "Value"}}``."""
+Shape = Callable[[Dataset, BaseTag, str, Any], tuple[str, Any]]
+
+
+def _convert(ds: Dataset, shape: Shape) -> dict[str, Any]:
+    """Every element as ``shape`` writes it, sequences item by item."""
     out: dict[str, Any] = {}
     for tag in _tags(ds):
         kind, value = _entry(ds, tag)
         if kind == "Sequence":
-            value = [full(item) for item in value]
-        name, creator = _name(ds, tag)
-        entry = {"Name": name, "Type": kind, "Value": value}
-        if creator:
-            entry["PrivateCreator"] = creator
-        out[tag_key(tag)] = entry
+            value = [_convert(item, shape) for item in value]
+        key, entry = shape(ds, tag, kind, value)
+        out[key] = entry
     return out
+
+
+def _full_entry(ds: Dataset, tag: BaseTag, kind: str, value: Any) -> tuple[str, Any]:
+    name, creator = _name(ds, tag)
+    entry = {"Name": name, "Type": kind, "Value": value}
+    if creator:
+        entry["PrivateCreator"] = creator
+    return tag_key(tag), entry
+
+
+def _simple_entry(ds: Dataset, tag: BaseTag, kind: str, value: Any) -> tuple[str, Any]:
+    return keyword_for_tag(tag) or tag_key(tag), value
+
+
+def full(ds: Dataset) -> dict[str, Any]:
+    """Orthanc's full format: ``{"0010,0010": {"Name", "Type", "Value"}}``."""
+    return _convert(ds, _full_entry)
 
 
 def simplified(ds: Dataset) -> dict[str, Any]:
     """Orthanc's simplified format: keyword -> text, list of items, or null."""
-    out: dict[str, Any] = {}
-    for tag in _tags(ds):
-        kind, value = _entry(ds, tag)
-        if kind == "Sequence":
-            value = [simplified(item) for item in value]
-        out[keyword_for_tag(tag) or tag_key(tag)] = value
-    return out
+    return _convert(ds, _simple_entry)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import tempfile
 from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -79,7 +78,7 @@ def spool_body(store: Store, limit: int) -> Path:
     if length > limit:
         fail(413, f"the body ({length} bytes) is over the limit of {limit} bytes")
     source = bottle.request.environ["wsgi.input"]
-    fd, name = _temp(store)
+    fd, name = tempfile.mkstemp(dir=store.area.tmp, prefix="upload-")
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -88,12 +87,6 @@ def spool_body(store: Store, limit: int) -> Path:
         path.unlink(missing_ok=True)
         raise
     return path
-
-
-def _temp(store: Store) -> tuple[int, str]:
-    import tempfile
-
-    return tempfile.mkstemp(dir=store.area.tmp, prefix="upload-")
 
 
 def _copy(source: Any, out: BinaryIO, length: int, limit: int) -> None:
@@ -109,13 +102,3 @@ def _copy(source: Any, out: BinaryIO, length: int, limit: int) -> None:
         out.write(chunk)
         if remaining is not None:
             remaining -= len(chunk)
-
-
-def discard(path: Path) -> None:
-    with suppress(FileNotFoundError):
-        path.unlink()
-
-
-def copy_to(src: BinaryIO, path: Path) -> None:
-    with open(path, "wb") as out:
-        shutil.copyfileobj(src, out, CHUNK)
