@@ -61,6 +61,9 @@ class HttpServer:
             clear_untrusted_proxy_headers=True,
             # waitress refuses (413) bodies over this before the views see them
             max_request_body_size=int(config.http.max_upload_mb * 1024 * 1024) + (1 << 20),
+            # a response is buffered in memory up to 8 MB before waitress spills it to a
+            # temporary file: the default (1 MB) halves WADO-RS and archive download rates
+            outbuf_overflow=8 << 20,
         )
 
     @property
