@@ -1,4 +1,5 @@
-"""The ``appliance`` command: serve, fsck, reindex, check-config."""
+"""The ``appliance`` command: serve, fsck, reindex, check-config, and the SCU commands (echo,
+send, query, retrieve)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +116,190 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- SCU commands: thin wrappers around dicom/remote.py -----------------------------------------
+
+
+def _scu(func: Any) -> Any:
+    """Errors of the request itself (unknown modality, bad key): a message and exit code 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        from .dicom.remote import BadQuery, UnknownModality
+
+        log.setup("WARNING")  # why an instance was not sent, say
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # our errors say it better
+        try:
+            return int(func(args))
+        except (UnknownModality, BadQuery) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _node(args: argparse.Namespace, config: Config) -> tuple[str, Any]:
+    """The remote node: a configured modality by name, or ``--host``/``--port`` (ad hoc)."""
+    from .config import AE_TITLE, Modality
+    from .dicom.remote import BadQuery, describe, resolve
+
+    if args.name:
+        modality = resolve(config, args.name)
+        return f"{args.name} ({describe(modality)})", modality
+    if not args.host or not args.port:
+        raise BadQuery("name a configured modality, or give --host and --port")
+    if not AE_TITLE.match(args.remote_aet):
+        raise BadQuery(f"--aet {args.remote_aet!r} is not a valid AE title (1-16 characters)")
+    modality = Modality(aet=args.remote_aet, host=args.host, port=args.port)
+    return describe(modality), modality
+
+
+def _keys(args: argparse.Namespace) -> dict[str, str]:
+    from .dicom.remote import BadQuery
+
+    keys: dict[str, str] = {}
+    for item in args.key:
+        key, sep, value = item.partition("=")
+        if not key.strip():
+            raise BadQuery(f"-k {item!r}: expected KEY=VALUE or KEY")
+        keys[key.strip()] = value if sep else ""
+    return keys
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from .dicom.remote import echo
+
+    config = _config(args)
+    name, modality = _node(args, config)
+    result = echo(config.dicom, modality)
+    if not result.ok:
+        print(f"C-ECHO {name}: failed after {result.milliseconds:.1f} ms: {result.error}",
+              file=sys.stderr)
+        return 1
+    print(f"C-ECHO {name}: success in {result.milliseconds:.1f} ms")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """C-STORE of a stored resource; reads the index (WAL reader) beside a running appliance."""
+    from .dicom.remote import resolve, store
+    from .dicom.scu import Outgoing
+    from .index.db import open_database
+    from .index.resources import instances_of
+    from .storage.area import StorageArea
+
+    config = _config(args)
+    modality = resolve(config, args.to)
+    index = config.data_dir / "index.sqlite"
+    if not index.exists():
+        print(f"error: no index in {config.data_dir}", file=sys.stderr)
+        return 2
+    db = open_database(index)
+    try:
+        refs = instances_of(args.id)
+    finally:
+        db.close()
+    if not refs:
+        print(f"error: no patient, study, series or instance {args.id!r}", file=sys.stderr)
+        return 2
+    area = StorageArea(config.data_dir)
+    items = [Outgoing(r.sop_uid, r.sop_class_uid, r.transfer_syntax, area.path(r.file))
+             for r in refs]
+    result = store(config.dicom, modality, items)
+    for sent in result.outcomes:
+        reason = f": {sent.error}" if sent.error else ""
+        print(f"{sent.item.sop_uid}  {sent.category} (0x{sent.status:04X}){reason}")
+    print(f"sent {len(items)} instances to {args.to}: {result.count('Success')} succeeded, "
+          f"{result.count('Warning')} with warnings, {result.failed} failed")
+    return 0 if result.ok else 1
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from .dicom.remote import find, keyword
+
+    config = _config(args)
+    _, modality = _node(args, config)
+    answers = find(config.dicom, modality, args.level, _keys(args), args.model)
+    rows = [{keyword(int(e.tag)): _text(e.value) for e in answer
+             if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")}
+            for answer in answers]
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        _table(rows)
+        print(f"{len(rows)} answers", file=sys.stderr)
+    return 0
+
+
+def _text(value: Any) -> str:
+    from pydicom.multival import MultiValue
+
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(_text(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _table(rows: list[dict[str, str]]) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    widths = {c: max(len(c), *(len(row.get(c, "")) for row in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(row.get(c, "").ljust(widths[c]) for c in columns).rstrip())
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    """C-MOVE to us or to ``--to``, or C-GET (``--get``) into the store or ``--out DIR``."""
+    from .dicom.remote import BadQuery, get, move
+    from .runtime import DataLocked
+
+    config = _config(args)
+    name, modality = _node(args, config)
+    keys = _keys(args)
+    if args.out and not args.get:
+        raise BadQuery("--out goes with --get (C-MOVE sends to an AE title, see --to)")
+    if not args.get:
+        destination = args.to or config.dicom.aet
+        result = move(config.dicom, modality, args.level, keys, destination, args.model)
+        print(f"C-MOVE from {name} to {destination}: {result.summary()}")
+        return 0 if result.ok else 1
+    try:
+        with _get_receiver(args, config, modality) as on_instance:
+            result = get(config.dicom, modality, args.level, keys, on_instance, args.model)
+    except DataLocked:
+        print(f"error: {config.data_dir} is in use by a running appliance: retrieve with C-MOVE "
+              f"to it (--to {config.dicom.aet}, the default without --get), or C-GET into a "
+              "folder with --out DIR", file=sys.stderr)
+        return 2
+    print(f"C-GET from {name}: {result.summary()}")
+    return 0 if result.ok else 1
+
+
+@contextmanager
+def _get_receiver(args: argparse.Namespace, config: Config, modality: Any) -> Iterator[Any]:
+    """Where C-GET puts what it receives: ``--out DIR``, or the store when no running
+    appliance holds it (``DataLocked`` otherwise)."""
+    import tempfile
+
+    from .dicom.handlers import receiver
+    from .dicom.remote import describe, save_into
+    from .index.ingest import Origin
+    from .runtime import DataLock
+    from .store import Store
+
+    if args.out:
+        yield save_into(Path(args.out))
+        return
+    lock = DataLock(config.data_dir)
+    store = Store(config)
+    store.start()
+    tempfile.tempdir = str(store.area.tmp)  # spool beside the files: the store renames them
+    origin = Origin(calling_aet=modality.aet, called_aet=config.dicom.aet,
+                    remote_address=modality.host)
+    try:
+        yield receiver(store, origin, describe(modality))
+    finally:
+        store.stop()
+        lock.release()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="appliance", description="DICOM edge appliance")
     p.add_argument("--version", action="version", version=__version__)
@@ -135,7 +322,44 @@ def parser() -> argparse.ArgumentParser:
     command("reindex", cmd_reindex, "rebuild the index from the stored files")
     check = command("check-config", cmd_check_config, "validate and print the configuration")
     check.add_argument("--describe", action="store_true", help="list every setting")
+    _scu_parsers(command)
     return p
+
+
+def _scu_parsers(command: Any) -> None:
+    def remote(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        sp = command(name, _scu(func), help)
+        sp.add_argument("name", nargs="?", metavar="NAME", help="a configured modality")
+        sp.add_argument("--aet", dest="remote_aet", default="ANY-SCP", metavar="AET",
+                        help="ad-hoc node: its AE title")
+        sp.add_argument("--host", help="ad-hoc node: host")
+        sp.add_argument("--port", type=int, help="ad-hoc node: port")
+        return sp
+
+    def query_keys(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--level", default="STUDY", type=str.upper,
+                        choices=["PATIENT", "STUDY", "SERIES", "IMAGE"])
+        sp.add_argument("-k", "--key", action="append", default=[], metavar="KEY[=VALUE]",
+                        help="a key (keyword or gggg,eeee) and its value; repeatable")
+        sp.add_argument("--model", choices=["study", "patient"], default="study",
+                        help="query/retrieve information model (root)")
+
+    remote("echo", cmd_echo, "C-ECHO a remote node")
+    send = command("send", _scu(cmd_send), "C-STORE a stored resource to a remote node")
+    send.add_argument("id", metavar="ID",
+                      help="Orthanc ID of a patient/study/series/instance, or a Study, Series "
+                           "or SOP Instance UID")
+    send.add_argument("--to", required=True, metavar="NAME", help="a configured modality")
+    query = remote("query", cmd_query, "C-FIND on a remote node")
+    query_keys(query)
+    query.add_argument("--json", action="store_true", help="answers as JSON")
+    retrieve = remote("retrieve", cmd_retrieve, "C-MOVE or C-GET from a remote node")
+    query_keys(retrieve)
+    how = retrieve.add_mutually_exclusive_group()
+    how.add_argument("--to", metavar="AET", help="C-MOVE destination (default: our AE title)")
+    how.add_argument("--get", action="store_true", help="C-GET instead of C-MOVE")
+    retrieve.add_argument("--out", metavar="DIR",
+                          help="with --get: keep the files in DIR instead of the store")
 
 
 def main(argv: list[str] | None = None) -> int:

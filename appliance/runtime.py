@@ -12,6 +12,7 @@ from types import FrameType
 
 from systemd import daemon
 
+from . import pixels
 from .configstore import ConfigStore
 from .dicom.scp import DicomServer
 from .hooks import Hooks
@@ -88,6 +89,7 @@ class Appliance:
         if self.hooks is not None:
             self.hooks.stop()
         self.dispatcher.stop()
+        pixels.worker.stop()
         self.store.stop()
         self.lock.release()
         log.info("stopped")

@@ -21,7 +21,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
+from . import pixels
 from .config import Config
+from .dicom import render
 from .index import resources
 from .index.db import Writer, open_database
 from .index.delete import delete_instances, emptied
@@ -177,6 +179,24 @@ class Store:
         if row is None:
             return None
         return dcmread(self.area.path(row.file), defer_size=defer_size)
+
+    def render(self, public_id: str, index: int, fmt: str = "PNG") -> bytes | None:
+        """Frame ``index`` of an instance as PNG or JPEG (None: no such instance); raises
+        ``Undecodable``. Decoded in the pixel helper process."""
+        return self._pixel_job(public_id, render.render_file, index, fmt)
+
+    def frame(self, public_id: str, index: int) -> bytes | None:
+        """Frame ``index`` of an instance, uncompressed (None: no such instance)."""
+        return self._pixel_job(public_id, render.frame_file, index)
+
+    def _pixel_job(self, public_id: str, fn: Callable[..., bytes], *args: object) -> bytes | None:
+        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
+        if row is None:
+            return None
+        try:
+            return pixels.worker.run(fn, str(self.area.path(row.file)), *args)
+        except (pixels.PixelError, TimeoutError) as exc:
+            raise render.Undecodable(str(exc) or "pixel decoding timed out") from exc
 
     def read_header(self, name: str, tags: Sequence[BaseTag]) -> Dataset:
         """Some elements of a stored file (with its character set), never its pixel data."""

@@ -12,7 +12,7 @@ import requests
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
-from pynetdicom import AE, build_role
+from pynetdicom import AE, build_role, evt
 from pynetdicom import sop_class as sc
 
 from .conftest import (
@@ -365,6 +365,38 @@ def test_cancel_move(big_app: ApplianceProcess, storescp: StoreSCP) -> None:
     assert len(storescp.files()) == final.NumberOfCompletedSuboperations
 
 
+def test_cancel_get(big_app: ApplianceProcess) -> None:
+    """A C-CANCEL sent by the C-GET requestor while it receives the instances (it arrives
+    where the appliance waits for a C-STORE response) ends the retrieve with 0xFE00."""
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(sc.StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(sc.CTImageStorage)
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(event.request.AffectedSOPInstanceUID)
+        if len(received) == 5:
+            cx = event.assoc._get_valid_context(sc.StudyRootQueryRetrieveInformationModelGet,
+                                                "", "scu")
+            event.assoc.send_c_cancel(9, cx.context_id)
+        return 0x0000
+
+    assoc = ae.associate("127.0.0.1", big_app.dicom_port, ae_title=big_app.aet,
+                         ext_neg=[build_role(sc.CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        responses = list(assoc.send_c_get(ident("STUDY", StudyInstanceUID=BIG),
+                                          sc.StudyRootQueryRetrieveInformationModelGet,
+                                          msg_id=9))
+    finally:
+        assoc.release()
+    final = responses[-1][0]
+    assert final.Status == 0xFE00
+    assert final.NumberOfCompletedSuboperations == len(received) < 300
+    assert final.NumberOfCompletedSuboperations + final.NumberOfRemainingSuboperations == 300
+
+
 # --- C-MOVE -----------------------------------------------------------------------------------
 
 
@@ -390,8 +422,9 @@ def test_move_reports_counts_and_uses_one_association(world: World, storescp: St
                                 "DEST")
     pending = [s for s, _ in responses if s.Status == 0xFF00]
     final = responses[-1][0]
-    assert [p.NumberOfRemainingSuboperations for p in pending] == [2, 1]
-    assert [p.NumberOfCompletedSuboperations for p in pending] == [1, 2]
+    # one pending response after the first sub-operation, then at most one every 0.5 s
+    assert pending and pending[0].NumberOfRemainingSuboperations == 2
+    assert pending[0].NumberOfCompletedSuboperations == 1
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3
     assert final.NumberOfFailedSuboperations == 0
     wait_for(lambda: len(storescp.files()) == 3, 30, "3 instances at the destination")
@@ -484,8 +517,6 @@ def test_get_counts_with_pynetdicom(world: World) -> None:
     def on_store(event: Any) -> int:
         received.append(event.request.AffectedSOPInstanceUID)
         return 0x0000
-
-    from pynetdicom import evt
 
     assoc = ae.associate("127.0.0.1", world.app.dicom_port, ae_title=world.app.aet,
                          ext_neg=[build_role(sc.CTImageStorage, scp_role=True)],

@@ -74,6 +74,7 @@ def test_route_each_instance_to_storescp(appliance_factory: Any, scp_factory: An
     app = appliance_factory(config={
         "modalities": {"dest": node(scp.port)},
         "routes": {"all": {"destinations": ["dest"]}},
+        "queue": {"linger": 60},  # the association stays open between arrivals
     }).start()
     files = make_series(tmp_path / "in", 12)
     storescu(app, *files)
@@ -259,6 +260,7 @@ def test_compressed_instance_falls_back_to_uncompressed(appliance_factory: Any,
     wait_for(lambda: len(scp.files()) == 1 and pending(app, "dest") == 0, 60, "delivery")
     got = dcmread(scp.files()[0])
     assert not got.file_meta.TransferSyntaxUID.is_compressed
+    assert got.SOPInstanceUID == dcmread(source).SOPInstanceUID, "the same instance"
     original = dcmread(source)
     original.decompress()
     assert got.pixel_array.tobytes() == original.pixel_array.tobytes()
@@ -318,8 +320,15 @@ def test_send_by_hand_goes_through_the_queue(appliance_factory: Any, scp_factory
     assert r.status_code == 200 and r.json()["Queued"] == 4
     r = requests.post(f"{app.url}/modalities/dest/store", json=["nope"], timeout=30)
     assert r.status_code == 404
+    r = requests.post(f"{app.url}/modalities/dest/store",
+                      json={"Resources": [study], "Timeout": 1}, timeout=30)
+    assert r.status_code == 502 and r.json()["Waiting"] == 4, "down: still queued"
     scp.start()
-    wait_for(lambda: received(scp) == 4 and pending(app, "dest") == 0, 60, "delivery")
+    wait_for(lambda: received(scp) == 8 and pending(app, "dest") == 0, 60, "delivery")
+    r = requests.post(f"{app.url}/modalities/dest/store", json=study, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["Delivered"] == 4 and r.json()["FailedInstancesCount"] == 0
+    assert received(scp) == 12
 
 
 def test_undecodable_syntax_is_refused_with_a_reason(appliance_factory: Any,
@@ -335,3 +344,22 @@ def test_undecodable_syntax_is_refused_with_a_reason(appliance_factory: Any,
     assert "decompressing JPEG-LS Lossless Image Compression failed" in \
         queue(app)["dest"]["LastError"]
     assert pending(app, "dest") == 1 and scp.files() == []
+
+
+def test_series_trigger_and_concurrent_workers(appliance_factory: Any, scp_factory: Any,
+                                               tmp_path: Path) -> None:
+    """A series route waits for each series to be stable; two workers share a destination
+    without sending anything twice."""
+    scp = scp_factory("dest")
+    app = appliance_factory(config={
+        "storage": {"stable_age": 2},
+        "modalities": {"dest": node(scp.port, concurrency=2)},
+        "routes": {"series": {"destinations": ["dest"], "trigger": "series"}},
+        "queue": {"batch": 5},
+    }).start()
+    study = "1.2.826.0.1.3680043.8.498.2"
+    storescu(app, *make_series(tmp_path / "a", 30, study_uid=study),
+             *make_series(tmp_path / "b", 30, study_uid=study))
+    wait_for(lambda: received(scp) >= 60 and pending(app, "dest") == 0, 60, "delivery")
+    assert received(scp) == 60 and len(scp.files()) == 60
+    assert len(app.json("/exports?limit=1000")["Exports"]) == 60

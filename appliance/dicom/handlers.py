@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -81,6 +82,17 @@ def store_received(store: Store, path: Path, expected: Expected, origin: Origin,
         log.exception("C-STORE of %s from %s failed", expected.sop_instance_uid, sender)
         return OUT_OF_RESOURCES, f"not stored: {type(exc).__name__}"[:64]
     return SUCCESS, ""
+
+
+def receiver(store: Store, origin: Origin, sender: str) -> Callable[[Path, str, str], int]:
+    """Where the C-STORE sub-operations of our own C-GET go (``remote.get``'s
+    ``on_instance``): into the store, as any received instance."""
+
+    def receive(path: Path, sop_class_uid: str, sop_instance_uid: str) -> int:
+        expected = Expected(sop_class_uid, sop_instance_uid)
+        return store_received(store, path, expected, origin, sender)[0]
+
+    return receive
 
 
 def log_discarded(sender: str) -> None:

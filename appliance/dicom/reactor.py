@@ -83,6 +83,8 @@ class EventDUL(DULServiceProvider):
         self.to_user_queue = NotifyingQueue(assoc_activity.set)
         self._assoc_activity = assoc_activity
         self._sleeping = False
+        self._io_lock = threading.Lock()  # held while this thread reads the socket
+        self.held = False  # another thread owns the socket's reads (``fastsend``)
 
     def wake(self) -> None:
         """Interrupt ``_wait``; a no-op (no syscall) while the reactor is running anyway."""
@@ -92,6 +94,21 @@ class EventDUL(DULServiceProvider):
             os.eventfd_write(self._efd, 1)
         except (OSError, ValueError):  # closed (-1): the reactor has stopped
             pass
+
+    def hold(self) -> None:
+        """Stop reading the socket (a sender reads its responses itself) until ``unhold``."""
+        with self._io_lock:
+            self.held = True
+        self.wake()  # a select that includes the socket must end
+
+    def unhold(self) -> None:
+        self.held = False
+        self._idle_timer.restart()
+        self.wake()
+
+    def _transport_event(self) -> bool:
+        with self._io_lock:
+            return not self.held and self._is_transport_event()
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -105,7 +122,7 @@ class EventDUL(DULServiceProvider):
         """
         sock = self.socket.socket if self.socket is not None else None
         fds: list[Any] = [self._efd]
-        if sock is not None and self.socket._is_connected:  # type: ignore[union-attr]
+        if sock is not None and self.socket._is_connected and not self.held:  # type: ignore[union-attr]
             fds.append(sock)
         self._sleeping = True
         try:
@@ -189,7 +206,7 @@ class EventDUL(DULServiceProvider):
                 try:
                     if self._process_recv_primitive():
                         pass
-                    elif not self.event_queue.qsize() and self._is_transport_event():
+                    elif not self.event_queue.qsize() and self._transport_event():
                         # (pending events first: the socket is polled only when they are done)
                         self._idle_timer.restart()
                 except Exception:

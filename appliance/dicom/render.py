@@ -1,6 +1,8 @@
-"""Render one frame of a stored instance as PNG or JPEG (``/preview``, WADO-RS ``/rendered``).
+"""Render one frame of a stored instance as PNG or JPEG (``/preview``, WADO-RS ``/rendered``),
+or give it uncompressed (WADO-RS frames).
 
-numpy and Pillow are imported on first use: an idle box does not pay their memory. Grey
+These functions run in the pixel helper process (``pixels.worker``, through the store): the
+serving process never imports numpy, and a decoder crash takes down only the helper. Grey
 images go through the modality LUT (rescale) and the first VOI window of the file, or the
 frame's own range when it has none; MONOCHROME1 is inverted; colour images are shown as RGB.
 """
@@ -61,11 +63,12 @@ def to_8bit(frame: Any, ds: Dataset) -> Any:
     return scaled.clip(0, 255).astype(np.uint8)
 
 
-def render(src: BinaryIO, index: int = 0, fmt: str = "PNG", quality: int = 90) -> bytes:
-    """Frame ``index`` of the Part 10 file ``src`` encoded as ``fmt`` (PNG or JPEG)."""
+def render_file(path: str, index: int = 0, fmt: str = "PNG", quality: int = 90) -> bytes:
+    """Frame ``index`` of the Part 10 file at ``path`` encoded as ``fmt`` (PNG or JPEG)."""
     from PIL import Image
 
-    frame, ds = decode_frame(src, index)
+    with open(path, "rb") as src:
+        frame, ds = decode_frame(src, index)
     image = Image.fromarray(to_8bit(frame, ds))
     if fmt == "JPEG" and image.mode not in ("L", "RGB"):
         image = image.convert("RGB")
@@ -74,7 +77,8 @@ def render(src: BinaryIO, index: int = 0, fmt: str = "PNG", quality: int = 90) -
     return out.getvalue()
 
 
-def frame_bytes(src: BinaryIO, index: int) -> bytes:
+def frame_file(path: str, index: int) -> bytes:
     """Frame ``index`` uncompressed (``application/octet-stream`` of WADO-RS frames)."""
-    frame, _ = decode_frame(src, index)
+    with open(path, "rb") as src:
+        frame, _ = decode_frame(src, index)
     return bytes(frame.tobytes())

@@ -6,7 +6,7 @@ re-encoded) and picks no fallback syntax, so this service class replaces its ``_
 ``_get_scp``: the handler bound to ``EVT_C_MOVE`` / ``EVT_C_GET`` (``qr.py``) validates the
 request and returns a ``Plan`` (or a ``Refusal``); the engine runs the C-STORE sub-operations
 through ``scu.StoreSession`` (one association per C-MOVE; the requestor's own association for
-C-GET), answers a pending response after each, honours C-CANCEL between them, and ends with:
+C-GET), answers pending responses as it goes, honours C-CANCEL between them, and ends with:
 
 * 0x0000 when every sub-operation succeeded;
 * 0xB000 when some failed or had warnings, 0xA702 when all failed, with the
@@ -21,6 +21,7 @@ Q/R SOP classes to this class by wrapping ``pynetdicom.association.uid_to_servic
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -48,6 +49,7 @@ ALL_FAILED = 0xA702
 TOO_MANY = 0xA701
 MOVE_DESTINATION_UNKNOWN = 0xA801
 MAX_SUBOPERATIONS = 65535  # the counts are US (C.4.2.1.6)
+PENDING_EVERY = 0.5  # seconds between two pending responses
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,11 @@ class Progress:
 
 def run(session: StoreSession, items: list[Outgoing], first_msg_id: int,
         pending: Callable[[Progress], None], cancelled: Callable[[], bool]) -> Progress:
-    """Send ``items`` one by one; report after each; stop on C-CANCEL or a lost association."""
+    """Send ``items`` one by one; stop on C-CANCEL or a lost association. Pending responses
+    are optional (PS3.4 C.4.2.3.1): one after the first sub-operation, then at most one every
+    ``PENDING_EVERY`` seconds (one per instance cost as much as the instance itself)."""
     progress = Progress(len(items))
+    reported = -PENDING_EVERY
     for i, item in enumerate(items):
         if cancelled():
             progress.cancelled = True
@@ -114,8 +119,9 @@ def run(session: StoreSession, items: list[Outgoing], first_msg_id: int,
             progress.fail_rest(items[i:])
             break
         progress.record(item, session.send(item, (first_msg_id + i) % 65535 + 1))
-        if progress.remaining:
+        if progress.remaining and time.monotonic() - reported >= PENDING_EVERY:
             pending(progress)
+            reported = time.monotonic()
     return progress
 
 
@@ -154,6 +160,8 @@ class RetrieveServiceClass(QueryRetrieveServiceClass):
         finally:
             if plan.destination is not None:
                 session.release()
+            else:
+                session.idle()  # pynetdicom reads the requestor's next messages again
         self._final(rsp, context, progress.final_status, progress)
 
     def _plan(self, req: Any, context: PresentationContext,
@@ -172,7 +180,9 @@ class RetrieveServiceClass(QueryRetrieveServiceClass):
 
     def _session(self, plan: Plan, req: Any) -> StoreSession | None:
         if plan.destination is None:
-            return StoreSession(self.assoc)
+            session = StoreSession(self.assoc)
+            session.go_fast(plan.settings.dimse_timeout)
+            return session
         originator = (self.assoc.requestor.ae_title, int(req.MessageID))
         try:
             return StoreSession.open(plan.settings, plan.destination, plan.items, originator)

@@ -32,8 +32,7 @@ def delete_instances(keys: Iterable[int], reason: str) -> list[str]:
     names = [{"file": r[2]} for r in rows]
     for start in range(0, len(names), 500):
         Trash.insert_many(names[start:start + 500]).on_conflict_ignore().execute()
-    for _, public_id, _, _ in rows:
-        _log("Deleted", "Instance", public_id, now, reason)
+    _log("Instance", [r[1] for r in rows], now, reason)
     series_keys = {r[3] for r in rows}
     _prune(Series, Instance.series, series_keys, "Series", now, reason)
     return [r[2] for r in rows]
@@ -66,8 +65,8 @@ def _prune(model: Any, child_fk: Any, keys: set[int], resource: str, now: float,
         if parent_field is not None
         else set()
     )
-    for (public_id,) in model.select(model.public_id).where(model.id.in_(empty)).tuples():
-        _log("Deleted", resource, public_id, now, reason)
+    _log(resource, [pid for (pid,) in tuples(model.select(model.public_id)
+                                             .where(model.id.in_(empty)))], now, reason)
     model.delete().where(model.id.in_(empty)).execute()
     if model is Series:
         _prune(Study, Series.study, parents, "Study", now, reason)
@@ -75,8 +74,8 @@ def _prune(model: Any, child_fk: Any, keys: set[int], resource: str, now: float,
         _prune(Patient, Study.patient, parents, "Patient", now, reason)
 
 
-def _log(change_type: str, resource: str, public_id: str, now: float, reason: str) -> None:
-    Change.insert(
-        change_type=change_type, resource_type=resource, public_id=public_id, date=now,
-        reason=reason,
-    ).execute()
+def _log(resource: str, public_ids: list[str], now: float, reason: str) -> None:
+    rows = [{"change_type": "Deleted", "resource_type": resource, "public_id": public_id,
+             "date": now, "reason": reason} for public_id in public_ids]
+    for start in range(0, len(rows), 500):
+        Change.insert_many(rows[start:start + 500]).execute()

@@ -9,6 +9,7 @@ from typing import Any
 from peewee import JOIN, fn
 
 from .models import Change, Instance, Patient, Series, Study, tuples
+from .search import InstanceRef
 
 
 @dataclass(frozen=True)
@@ -284,3 +285,19 @@ def instances_by_uid(study: str, series: str | None = None,
     if sop is not None:
         query = query.where(Instance.sop_uid == sop)
     return [StoredInstance(*row) for row in tuples(query.order_by(Instance.id))]
+
+
+def instances_of(identifier: str) -> list[InstanceRef]:
+    """The stored instances below a resource named by its Orthanc public ID, or by a Study,
+    Series or SOP Instance UID (``appliance send``), in the order they were stored."""
+    select = Instance.select(
+        Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax, Instance.file
+    ).join(Series).join(Study).join(Patient)
+    for condition in (Patient.public_id == identifier, Study.public_id == identifier,
+                      Series.public_id == identifier, Instance.public_id == identifier,
+                      Study.study_uid == identifier, Series.series_uid == identifier,
+                      Instance.sop_uid == identifier):
+        rows = tuples(select.where(condition).order_by(Instance.id))
+        if rows:
+            return [InstanceRef(*row) for row in rows]
+    return []

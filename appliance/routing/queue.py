@@ -142,14 +142,32 @@ def any_held() -> bool:
 
 
 def enqueue(instance_keys: Sequence[int], destination: str, now: float,
-            route: str = "") -> int:
-    """Writer job: queue instances for ``destination`` by hand (a send asked by a user)."""
+            route: str = "") -> list[int]:
+    """Writer job: queue instances for ``destination`` by hand (a send asked by a user);
+    returns the new entries' IDs."""
     rows = [{"instance": k, "destination": destination, "route": route, "state": "pending",
              "next_attempt": now, "created": now} for k in instance_keys]
+    ids: list[int] = []
     with database.atomic():
         for start in range(0, len(rows), 500):
-            Outbound.insert_many(rows[start:start + 500]).execute()
-    return len(rows)
+            query = Outbound.insert_many(rows[start:start + 500]).returning(Outbound.id)
+            ids += [row.id for row in query.execute()]
+    return ids
+
+
+def progress(ids: Sequence[int]) -> tuple[int, int, int]:
+    """Of these entries: (delivered, refused at least once or failed, still waiting). An entry
+    that left the queue was delivered (or cancelled)."""
+    refused = waiting = 0
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start:start + 500])
+        for state, attempts in tuples(Outbound.select(Outbound.state, Outbound.attempts)
+                                      .where(Outbound.id.in_(chunk))):
+            if state == "failed" or attempts > 0:
+                refused += 1
+            else:
+                waiting += 1
+    return len(ids) - refused - waiting, refused, waiting
 
 
 def retry(destination: str | None = None, ids: Sequence[int] | None = None,

@@ -102,15 +102,33 @@ class Routing:
         return int(self.store.writer.run(lambda: queue.cancel(destination, now=time.time())))
 
     def send(self, level: str, public_id: str, destination: str) -> int:
-        """Queue a resource for ``destination`` (durable: delivered even if it is down now)."""
+        """Queue a resource for ``destination`` (durable: delivered even if it is down now);
+        returns how many instances were queued."""
+        return len(self.queue_resources([(level, public_id)], destination))
+
+    def queue_resources(self, items: list[tuple[str, str]], destination: str) -> list[int]:
+        """Queue every instance of these (level, public ID) resources; the entries' IDs."""
         if destination not in self.configs.current.modalities:
             raise UnknownResource(f"no modality named {destination!r}")
-        keys = resources.instance_keys(level, public_id)
-        if keys is None:
-            raise UnknownResource(f"unknown resource: {level}/{public_id}")
-        count = self.store.writer.run(lambda: queue.enqueue(keys, destination, time.time()))
+        keys: list[int] = []
+        for level, public_id in items:
+            found = resources.instance_keys(level, public_id)
+            if found is None:
+                raise UnknownResource(f"unknown resource: {level}/{public_id}")
+            keys += found
+        ids = self.store.writer.run(lambda: queue.enqueue(keys, destination, time.time()))
         self.dispatcher.wake({destination})
-        return int(count)
+        return ids
+
+    def wait(self, entry_ids: list[int], timeout: float) -> tuple[int, int, int]:
+        """Wait until every entry was delivered or refused once, or ``timeout`` seconds:
+        (delivered, refused, still waiting). Waiting entries stay queued either way."""
+        end = time.monotonic() + timeout
+        while True:
+            delivered, refused, waiting = queue.progress(entry_ids)
+            if not waiting or time.monotonic() >= end:
+                return delivered, refused, waiting
+            time.sleep(0.1)
 
     def exports(self, since: int = 0, limit: int = 100) -> dict[str, Any]:
         """The export log, in Orthanc's ``/exports`` shape (plus our outcome and status)."""

@@ -75,6 +75,7 @@ class Destination:
     def _step(self, session: StoreSession | None) -> StoreSession | None:
         batch = self._claim()
         if not batch and session is not None and session.alive:
+            session.idle()
             self._wait(self.dispatcher.config.queue.linger)  # the next instance may be close
             batch = self._claim()
         if not batch:

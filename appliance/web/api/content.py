@@ -11,10 +11,10 @@ import bottle
 
 from ...config import Config
 from ...dicom import orthanc_json
-from ...dicom.render import NoSuchFrame, Undecodable, render
+from ...dicom.render import NoSuchFrame, Undecodable
 from ...index import resources as index
 from ...store import Store
-from .common import CHUNK, as_json, fail, found, opened
+from .common import CHUNK, as_json, fail, found
 
 DEFER = 4096  # bytes: longer values are read only if shown (never the pixel data)
 
@@ -42,11 +42,12 @@ def install(app: bottle.Bottle, config: Config, store: Store) -> None:
     @app.get("/instances/<public_id>/preview")
     @app.get("/instances/<public_id>/frames/<frame:int>/preview")
     def preview(public_id: str, frame: int = 0) -> Any:
-        with opened(store, public_id) as f:
-            try:
-                png = render(f, frame)
-            except Undecodable as exc:
-                fail(404 if isinstance(exc, NoSuchFrame) else 415, str(exc))
+        try:
+            png = store.render(public_id, frame)
+        except Undecodable as exc:
+            fail(404 if isinstance(exc, NoSuchFrame) else 415, str(exc))
+        if png is None:
+            fail(404, f"unknown resource: instances/{public_id}")
         bottle.response.content_type = "image/png"
         return png
 

@@ -85,17 +85,32 @@ def install(app: bottle.Bottle, routing: Routing) -> None:
 
     @app.post("/modalities/<name>/store")
     def store(name: str) -> Any:
-        """Orthanc's body: an ID, a list of IDs, or ``{"Resources": [...]}``. Always through
-        the durable queue; the answer says what was queued."""
+        """Orthanc's body: an ID, a list of IDs, or ``{"Resources": [...], "Asynchronous",
+        "Timeout"}``. Always through the durable queue: asynchronous answers at once with
+        what was queued; synchronous waits for the outcome (502 if some instance was refused
+        or is still waiting — those stay queued and are retried)."""
         body = _body()
-        ids = body.get("Resources") if isinstance(body, dict) else body
+        options = body if isinstance(body, dict) else {}
+        ids = options.get("Resources") if isinstance(body, dict) else body
         ids = [ids] if isinstance(ids, str) else ids
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
             fail(400, "expected a resource ID, a list of IDs or {\"Resources\": [...]}")
-        queued = guarded(lambda: sum(routing.send(resource_level(i), i, name) for i in ids))
-        return _json({"Description": "queued", "LocalAet": routing.configs.current.dicom.aet,
-                      "RemoteAet": routing.modalities()[name].aet, "InstancesCount": queued,
-                      "Queued": queued})
+        timeout = options.get("Timeout", 60)
+        if not isinstance(timeout, (int, float)) or timeout < 0:
+            fail(400, "Timeout must be a number of seconds")
+        entries: list[int] = guarded(lambda: routing.queue_resources(
+            [(resource_level(i), i) for i in ids], name))
+        answer = {"Description": "REST API", "LocalAet": routing.configs.current.dicom.aet,
+                  "RemoteAet": routing.modalities()[name].aet, "ParentResources": ids,
+                  "InstancesCount": len(entries), "Queued": len(entries)}
+        if options.get("Asynchronous"):
+            return _json(answer)
+        delivered, refused, waiting = routing.wait(entries, float(timeout))
+        answer.update(FailedInstancesCount=refused + waiting, Delivered=delivered,
+                      Refused=refused, Waiting=waiting)
+        if refused or waiting:
+            bottle.response.status = 502
+        return _json(answer)
 
     @app.get("/routes")
     def routes() -> Any:

@@ -4,15 +4,16 @@ their metadata as DICOM JSON, frames (uncompressed) and rendered images."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import bottle
 
-from ...dicom.render import NoSuchFrame, Undecodable, frame_bytes, render
+from ...dicom.render import NoSuchFrame, Undecodable
 from ...index.resources import StoredInstance, instances_by_uid
 from ...store import Store
-from ..api.common import fail, opened, stream
+from ..api.common import fail, stream
 from .common import dicom_json
 from .multipart import accepts, join, new_boundary, related_type
 
@@ -82,13 +83,7 @@ def frames(store: Store, instance: StoredInstance, numbers: list[int]) -> Iterat
     """Each frame uncompressed, as ``application/octet-stream`` parts."""
     if accepts(bottle.request.get_header("Accept", ""), "application/octet-stream") is None:
         fail(406, 'frames are served as multipart/related; type="application/octet-stream"')
-    decoded = []
-    for number in numbers:
-        with opened(store, instance.public_id) as f:
-            try:
-                decoded.append(frame_bytes(f, number - 1))
-            except Undecodable as exc:
-                fail(404 if isinstance(exc, NoSuchFrame) else 415, str(exc))
+    decoded = [_pixels(partial(store.frame, instance.public_id, n - 1)) for n in numbers]
     boundary = new_boundary()
     bottle.response.content_type = related_type("application/octet-stream", boundary)
     return join((("application/octet-stream", [data]) for data in decoded), boundary)
@@ -100,12 +95,20 @@ def rendered(store: Store, instance: StoredInstance, number: int) -> bytes:
     media = next((m for m in RENDERED if accepts(accept, m) is not None), None)
     if media is None:
         fail(406, "rendered images are image/jpeg or image/png")
-    with opened(store, instance.public_id) as f:
-        try:
-            data = render(f, number - 1, RENDERED[media])
-        except Undecodable as exc:
-            fail(404 if isinstance(exc, NoSuchFrame) else 415, str(exc))
+    data = _pixels(lambda: store.render(instance.public_id, number - 1, RENDERED[media]))
     bottle.response.content_type = media
+    return data
+
+
+def _pixels(job: Callable[[], bytes | None]) -> bytes:
+    """A pixel job's bytes; 404 for a frame (or instance) that is not there, 415 when the
+    pixel data cannot be decoded here."""
+    try:
+        data = job()
+    except Undecodable as exc:
+        fail(404 if isinstance(exc, NoSuchFrame) else 415, str(exc))
+    if data is None:
+        fail(404, "the instance is no longer stored")
     return data
 
 
