@@ -49,6 +49,8 @@ CALLBACKS = ("filter_incoming", "on_stored_instance", "on_stable_series", "on_st
              "on_change")
 REFUSED = 0xC000
 BACKLOG = 10000  # events waiting for the worker; beyond, new ones are dropped (logged)
+MAX_STUCK = 16  # hook threads still running past their time: beyond, hooks are skipped
+ABANDONED = "hook-abandoned-"
 LEVEL_PATHS = {"Series": "series", "Study": "studies"}
 
 
@@ -124,7 +126,12 @@ def load(path: str) -> ModuleType:
 
 def call_limited(fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> Any:
     """``fn(*args)`` in a thread of its own; its result, or None when it raised or ran over
-    ``timeout`` seconds (logged; a hung thread is abandoned)."""
+    ``timeout`` seconds (logged; a hung thread is abandoned). While ``MAX_STUCK`` abandoned
+    calls still run, hooks are skipped: a hook that always hangs cannot exhaust threads."""
+    stuck = sum(t.name.startswith(ABANDONED) for t in threading.enumerate())
+    if stuck >= MAX_STUCK:
+        log.error("hook %s skipped: %d hook calls are still running", fn.__name__, stuck)
+        return None
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -136,8 +143,10 @@ def call_limited(fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) 
         finally:
             done.set()
 
-    threading.Thread(target=run, name=f"hook-{fn.__name__}", daemon=True).start()
+    thread = threading.Thread(target=run, name=f"hook-{fn.__name__}", daemon=True)
+    thread.start()
     if not done.wait(timeout):
+        thread.name = f"{ABANDONED}{fn.__name__}"
         log.error("hook %s still running after %.1f s: abandoned", fn.__name__, timeout)
         return None
     if "error" in box:
