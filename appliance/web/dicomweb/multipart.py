@@ -11,7 +11,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import BinaryIO
 
-CHUNK = 1 << 16
+CHUNK = 1 << 20  # bytes read at a time: fewer, larger scans for the boundary
 MAX_HEADERS = 16 * 1024
 
 
