@@ -42,6 +42,8 @@ def _request_keys() -> tuple[dict[str, str], list[str]]:
 
 
 def search(store: Store, config: Config, level: Level, fixed: dict[str, str]) -> Any:
+    """One QIDO-RS search: the query string's keys plus the path's UIDs (``fixed``), answered
+    with the level's default attributes, ``includefield`` ones and each match's RetrieveURL."""
     constraints, included = _request_keys()
     if "all" in included:
         included = [k for lvl in Level if lvl <= level for k in INDEX_KEYS[lvl]]
@@ -63,7 +65,6 @@ def search(store: Store, config: Config, level: Level, fixed: dict[str, str]) ->
         del ds.RetrieveAETitle
         ds.add_new(0x00081190, "UR", _retrieve_url(base, match))
         out.append(ds.to_json_dict())
-    bottle.response.content_type = "application/dicom+json"
     return dicom_json(out)
 
 
