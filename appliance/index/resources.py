@@ -272,6 +272,17 @@ class StoredInstance:
     transfer_syntax: str
 
 
+def instance_uids(public_id: str) -> StoredInstance | None:
+    """A stored instance's UIDs, by its public ID."""
+    query = (Instance.select(Instance.public_id, Study.study_uid, Series.series_uid,
+                             Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax)
+             .join(Series, on=Instance.series == Series.id)
+             .join(Study, on=Series.study == Study.id)
+             .where(Instance.public_id == public_id))
+    rows = tuples(query)
+    return StoredInstance(*rows[0]) if rows else None
+
+
 def instances_by_uid(study: str, series: str | None = None,
                      sop: str | None = None) -> list[StoredInstance]:
     """The instances of a study, of one of its series, or one instance, in storage order."""

@@ -89,10 +89,10 @@ class Splitter:
         while (at := self.buf.find(separator)) < 0:
             keep = len(separator) - 1
             if len(self.buf) > keep:
-                out.write(self.buf[:-keep])
+                out.write(memoryview(self.buf)[:-keep])
                 self.buf = self.buf[-keep:]
             self._fill(read)
-        out.write(self.buf[:at])
+        out.write(memoryview(self.buf)[:at])
         self.buf = self.buf[at + len(separator):]
 
 

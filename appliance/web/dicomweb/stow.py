@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from ...config import Config
+from ...index.resources import instance_uids
 from ...index.tags import BadInstance
 from ...store import Store
 from ..api.common import fail
@@ -81,20 +82,32 @@ def _peek(path: Path) -> tuple[str, str, str, str]:
 
 
 def store_part(store: Store, path: Path, study: str | None) -> Outcome:
-    """Store one part; the part's file is consumed either way."""
-    uids = _peek(path)
-    if study is not None and uids[2] != study:
-        path.unlink(missing_ok=True)
-        return Outcome(*uids, MISMATCH)
+    """Store one part; the part's file is consumed either way. Its UIDs come from the index
+    once stored; the file is read for them only when it must be checked or was refused."""
+    if study is not None:
+        uids = _peek(path)
+        if uids[2] != study:
+            path.unlink(missing_ok=True)
+            return Outcome(*uids, MISMATCH)
+    keep = path.with_name(path.name + ".refused")
+    os.link(path, keep)  # receive consumes the part: a refused one is read for its UIDs
     try:
-        store.receive(path, origin())
+        recorded = store.receive(path, origin())
     except BadInstance as exc:
+        uids = _peek(keep)
         log.warning("STOW-RS: %s refused (0x%04X): %s", uids[1] or path.name, exc.status, exc)
         return Outcome(*uids, exc.status)
     except Exception:
+        uids = _peek(keep)
         log.exception("STOW-RS: %s not stored", uids[1] or path.name)
         return Outcome(*uids, PROCESSING_FAILURE)
-    return Outcome(*uids, None)
+    finally:
+        keep.unlink(missing_ok=True)
+    stored = instance_uids(recorded.ids.instance)
+    if stored is None:  # deleted at once (by a hook, by recycling): stored all the same
+        return Outcome("", "", "", "", None)
+    return Outcome(stored.sop_class_uid, stored.sop_uid, stored.study_uid, stored.series_uid,
+                   None)
 
 
 def response(outcomes: list[Outcome], study: str | None) -> str:
