@@ -116,6 +116,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Ask the running appliance (this configuration's HTTP port) how it is: exit 0 ok,
+    1 degraded, 2 failing or unreachable (Nagios plugin conventions)."""
+    from .health.client import EXIT_CODES, fetch_health, lines
+    from .health.probes import loopback
+
+    url = args.url
+    if url is None:
+        http = _config(args).http
+        url = f"http://{loopback(http.host)}:{args.http_port or http.port}"
+    answer = fetch_health(url, args.timeout)
+    print("\n".join(lines(answer)))
+    return EXIT_CODES[answer.state]
+
+
 # --- SCU commands: thin wrappers around dicom/remote.py -----------------------------------------
 
 
@@ -322,6 +337,11 @@ def parser() -> argparse.ArgumentParser:
     command("reindex", cmd_reindex, "rebuild the index from the stored files")
     check = command("check-config", cmd_check_config, "validate and print the configuration")
     check.add_argument("--describe", action="store_true", help="list every setting")
+    health = command("health", cmd_health, "how is the running appliance? (exit 0/1/2)")
+    health.add_argument("--http-port", type=int, metavar="N", help="its HTTP port")
+    health.add_argument("--url", help="its base URL (default: this machine, configured port)")
+    health.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                        help="seconds to wait for the answer")
     _scu_parsers(command)
     return p
 

@@ -211,6 +211,43 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """Health checks (``/health``, ``appliance health``, the systemd watchdog) and metrics."""
+
+    public: bool = setting(
+        True, "/health and /metrics readable by anyone (false: from this machine only, until "
+        "accounts exist)"
+    )
+    interval: float = setting(10.0, "seconds between two background runs of the checks",
+                              min=0.1)
+    timeout: float = setting(
+        5.0, "seconds a check may take before it counts as failing (a wedged component)",
+        min=0.1
+    )
+    disk_degraded_mb: float = setting(
+        2048.0, "free space on the data filesystem below which the box is degraded", min=0
+    )
+    disk_failing_mb: float = setting(
+        256.0, "free space on the data filesystem below which the box is failing", min=0
+    )
+    max_silence: dict[str, float] = setting(
+        {}, "per calling AE title, the longest silence (seconds) before the source is "
+        "reported silent (degraded), e.g. {\"PETCAM\": 86400}"
+    )
+    max_queue_age: float = setting(
+        3600.0, "seconds the oldest pending entry of a destination may wait before the "
+        "destination is degraded", min=1
+    )
+    max_consecutive_failures: int = setting(
+        5, "failed attempts in a row after which a destination is degraded", min=1
+    )
+    busy_grace: float = setting(
+        300.0, "seconds every association slot may stay taken (the self C-ECHO refused) "
+        "before the DICOM listener counts as failing rather than busy", min=0
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     data: str = setting("", "data directory (index and files); default: ./data in the checkout")
     dicom: DicomSettings = setting(DicomSettings(), "DICOM network")
@@ -222,6 +259,7 @@ class Config:
     queue: QueueSettings = setting(QueueSettings(), "the outbound queue")
     quota: QuotaSettings = setting(QuotaSettings(), "the rotating storage quota")
     hooks: HooksSettings = setting(HooksSettings(), "Python hooks")
+    health: HealthSettings = setting(HealthSettings(), "health checks, watchdog and metrics")
 
     @property
     def data_dir(self) -> Path:

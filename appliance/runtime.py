@@ -15,11 +15,13 @@ from systemd import daemon
 from . import pixels
 from .configstore import ConfigStore
 from .dicom.scp import DicomServer
+from .health.service import Monitor
 from .hooks import Hooks
 from .routing.service import Routing
 from .routing.worker import Dispatcher
 from .storage.fsck import reconcile
 from .store import Store
+from .web.api import health as health_api
 from .web.api import routing as routing_api
 from .web.app import HttpServer
 
@@ -56,6 +58,7 @@ class Appliance:
         self.store = Store(self.config)
         configs.subscribe(self.store.reconfigure)
         self.dispatcher = Dispatcher(configs, self.store)
+        self.monitor = Monitor(configs, self.store, self.dispatcher)
         self.dicom: DicomServer | None = None
         self.http: HttpServer | None = None
         self.hooks: Hooks | None = None
@@ -67,14 +70,16 @@ class Appliance:
         reconcile(self.store, repair=True)
         self.store.governor.start()
         self.dispatcher.start()
-        self.dicom = DicomServer(self.configs, self.store)
+        self.dicom = DicomServer(self.configs, self.store, self.monitor.dicom)
         routing = Routing(self.configs, self.store, self.dispatcher)
         self.hooks = Hooks(self.configs, self.store, routing)
         self.hooks.start()
         self.http = HttpServer(self.config, self.store,
-                               [lambda app: routing_api.install(app, routing)])
+                               [lambda app: routing_api.install(app, routing),
+                                lambda app: health_api.install(app, self.monitor)])
         self.dicom.start()
         threading.Thread(target=self.http.serve, name="http", daemon=True).start()
+        self.monitor.start(self.dicom.port)
         daemon.notify("READY=1")
         log.info("ready: DICOM %s on port %d, HTTP on port %d, data in %s",
                  self.config.dicom.aet, self.dicom.port, self.http.port, self.config.data_dir)
@@ -82,6 +87,7 @@ class Appliance:
     def stop(self) -> None:
         daemon.notify("STOPPING=1")
         log.info("stopping: no new associations, finishing those in flight")
+        self.monitor.stop()
         if self.dicom is not None:
             self.dicom.stop(SHUTDOWN_GRACE)
         if self.http is not None:

@@ -206,15 +206,18 @@ class Store:
     def _log_recorded(self, recorded: Recorded, tags: InstanceTags, origin: Origin) -> None:
         who = f"{origin.calling_aet or origin.kind}@{origin.remote_address}"
         patient = f" patient {tags.patient_id!r}" if self.log_patients else ""
+        fields = {"PEER_AE": origin.calling_aet, "STUDY_UID": tags.study_uid,
+                  "SOP_INSTANCE_UID": tags.sop_uid}  # journald fields
         if recorded.outcome == "kept-first":
             log.warning(
                 "duplicate SOP instance %s from %s: the stored copy is kept, the new one dropped",
-                tags.sop_uid, who,
+                tags.sop_uid, who, extra=fields,
             )
         elif recorded.outcome == "overwritten":
-            log.warning("duplicate SOP instance %s from %s: overwritten", tags.sop_uid, who)
-        else:
-            log.debug("stored %s from %s%s", tags.sop_uid, who, patient)
+            log.warning("duplicate SOP instance %s from %s: overwritten", tags.sop_uid, who,
+                        extra=fields)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("stored %s from %s%s", tags.sop_uid, who, patient, extra=fields)
 
 
 def check_expected(tags: InstanceTags, expected: Expected) -> None:

@@ -56,10 +56,12 @@ def port_open(port: int) -> bool:
 class ApplianceProcess:
     """``appliance serve`` in a subprocess, on free ports, with its own data directory."""
 
-    def __init__(self, data: Path, aet: str = "APPLIANCE", config: dict[str, Any] | None = None):
+    def __init__(self, data: Path, aet: str = "APPLIANCE", config: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None):
         self.data = data
         self.aet = aet
         self.config = config or {}
+        self.env = env or {}  # added to the environment (NOTIFY_SOCKET, WATCHDOG_USEC...)
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -82,7 +84,7 @@ class ApplianceProcess:
     def start(self, timeout: float = 60.0) -> ApplianceProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT)
+                                     cwd=ROOT, env={**os.environ, **self.env})
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:

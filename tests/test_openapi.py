@@ -9,10 +9,12 @@ import bottle
 import pytest
 
 from appliance.configstore import ConfigStore
+from appliance.health.service import Monitor
 from appliance.routing.service import Routing
 from appliance.routing.worker import Dispatcher
 from appliance.store import Store
 from appliance.web import openapi
+from appliance.web.api import health as health_api
 from appliance.web.api import routing as routing_api
 from appliance.web.app import create_app
 
@@ -21,11 +23,15 @@ from .conftest import ApplianceProcess
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[bottle.Bottle]:
-    """The application as the runtime builds it (without starting any service)."""
+    """The application as the runtime builds it (without starting any service): the same
+    installers as ``runtime.Appliance.start`` (the live comparison below fails otherwise)."""
     configs = ConfigStore(None, {"data": str(tmp_path)}, tmp_path)
     store = Store(configs.current)
-    routing = Routing(configs, store, Dispatcher(configs, store))
-    yield create_app(configs.current, store, [lambda a: routing_api.install(a, routing)])
+    dispatcher = Dispatcher(configs, store)
+    routing = Routing(configs, store, dispatcher)
+    monitor = Monitor(configs, store, dispatcher)
+    yield create_app(configs.current, store, [lambda a: routing_api.install(a, routing),
+                                              lambda a: health_api.install(a, monitor)])
     store.stop()
 
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """The project benchmark: C-STORE throughput and memory of the appliance against Orthanc and
 DCMTK's storescp, on loopback, or (--qr) Query/Retrieve latency and retrieve rates of the
-appliance against Orthanc. It prints a report (and writes it as JSON); it is not a test.
+appliance against Orthanc, or (--forward) store-and-forward rates of the appliance and of
+Orthanc against storescu sending straight to the destination. It prints a report (and writes
+it as JSON); it is not a test.
 
     tools/bench [--sets tiny,small,large] [--quick]
     tools/bench --qr [--quick]
+    tools/bench --forward [--sets tiny,small] [--quick]
 
 Every server starts fresh, on free ports, with an empty store in a temporary folder; the sender
 is DCMTK's storescu. Generated data sets are cached in /tmp/appliance-bench-data and reused.
@@ -29,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -674,11 +677,17 @@ def run_idle_cpu(lab: Lab, kind: type[Server]) -> IdleCpu:
 # --- the run ----------------------------------------------------------------------------------
 
 @dataclass
-class Results:
+class RunInfo:
+    """What heads every report: the machine, the versions, the mode and the data sets."""
+
     machine: dict[str, str]
     versions: dict[str, str]
     quick: bool
     sets: dict[str, dict[str, Any]]
+
+
+@dataclass
+class Results(RunInfo):
     cells: list[Cell]
     nagle: list[Cell]
     full_store: FullStore | None
@@ -935,9 +944,19 @@ def report(r: Results) -> str:
     out += [f"  {i.server:10} {i.cpu_percent:6.2f} %  ({i.associations} association"
             f"{'s' if i.associations > 1 else ' (serial server)'})" for i in r.idle_cpu]
     out += ["", "Targets"] + [t.line() for t in targets(r)]
-    if r.errors:
-        out += ["", "Failures (their cells show n/a)"] + [f"  {e}" for e in r.errors]
+    out += problems_and_failures([], r.errors)
     return "\n".join(out)
+
+
+def problems_and_failures(log_problems: list[str], errors: list[str]) -> list[str]:
+    """The report's closing sections: the servers' log problems and the failed measurements."""
+    out = []
+    if log_problems:
+        out += ["", f"Warnings and errors in the servers' logs ({len(log_problems)} lines,"
+                " first 20)"] + [f"  {ln}" for ln in log_problems[:20]]
+    if errors:
+        out += ["", "Failures (their cells show n/a)"] + [f"  {e}" for e in errors]
+    return out
 
 
 def save_json(body: dict[str, Any], prefix: str) -> Path:
@@ -1202,11 +1221,7 @@ def log_problems(server: Server) -> list[str]:
 
 
 @dataclass
-class QrResults:
-    machine: dict[str, str]
-    versions: dict[str, str]
-    quick: bool
-    sets: dict[str, dict[str, Any]]
+class QrResults(RunInfo):
     fills: list[int]
     loads: dict[str, str]
     prefills: list[Prefill]
@@ -1342,11 +1357,7 @@ def qr_report(r: QrResults) -> str:
         out.append(f"  {tool:8} appliance {fmt(app):>8}  orthanc {fmt(orth):>8}"
                    f"  app/orth {fmt(ratio(app, orth), '.2f')}x")
     out += ["", "Targets"] + [t.line() for t in qr_targets(r)]
-    if r.log_problems:
-        out += ["", f"Warnings and errors in the servers' logs ({len(r.log_problems)} lines,"
-                " first 20)"] + [f"  {ln}" for ln in r.log_problems[:20]]
-    if r.errors:
-        out += ["", "Failures (their cells show n/a)"] + [f"  {e}" for e in r.errors]
+    out += problems_and_failures(r.log_problems, r.errors)
     return "\n".join(out)
 
 
@@ -1357,20 +1368,285 @@ def write_qr_json(r: QrResults, text: str) -> Path:
     return save_json(body, "bench-qr")
 
 
+# --- forwarding (issue 4) --------------------------------------------------------------------
+
+FORWARD_STALL = 120.0  # seconds without a new arrival at the destination before giving up
+FORWARD_MODES = ("direct", "appliance", "orthanc")
+LUA_ROUTE = """function OnStoredInstance(instanceId, tags, metadata, origin)
+  SendToModality(instanceId, 'dest')
+end
+"""
+
+
+class ForwardDest(Storescp):
+    """The forwarding destination: a fresh storescp per measurement, known as ``dest``."""
+
+    name = "destination"
+    aet = "FWDDEST"
+
+
+@dataclass
+class ForwardCell:
+    """One set fed by ``feeds`` storescu either straight to the destination (``direct``) or
+    to a server that forwards every instance to it."""
+
+    mode: str  # direct, appliance, orthanc
+    set: str
+    feeds: int
+    instances: int
+    bytes: int
+    feed_seconds: float  # from the feed's start until every storescu exited
+    seconds: float  # from the feed's start until the destination held every instance
+    delivered_at_feed_end: int  # instances at the destination when the feed ended
+    cpu_seconds: float  # of the fed server (the destination itself for direct)
+    load: str  # load average when the cell ended
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def feed_rate(self) -> float:
+        return self.instances / self.feed_seconds
+
+
+def forward_config(lab: Lab, mode: str, dest: Server) -> dict[str, Any]:
+    """The appliance's or Orthanc's settings routing every arriving instance to ``dest``."""
+    if mode == "appliance":
+        return {"modalities": {"dest": {"aet": dest.aet, "host": LOOPBACK,
+                                        "port": dest.dicom_port}},
+                "routes": {"forward": {"destinations": ["dest"]}}}
+    script = lab.folder("lua") / "route.lua"
+    script.write_text(LUA_ROUTE)
+    return {"DicomModalities": {"dest": [dest.aet, LOOPBACK, dest.dicom_port]},
+            "LuaScripts": [str(script)]}
+
+
+def queue_pending(server: Server) -> int:
+    """Entries the appliance still has to deliver (``GET /queue``); 0 for other servers."""
+    if not isinstance(server, Appliance):
+        return 0
+    r = requests.get(f"http://{LOOPBACK}:{server.http_port}/queue", timeout=10)
+    r.raise_for_status()
+    return sum(int(d["Pending"]) + int(d["Failed"]) for d in r.json().values())
+
+
+def wait_delivered(dest: Server, fed: Server, expected: int) -> None:
+    """Until ``dest`` holds ``expected`` instances and ``fed`` has nothing left to send;
+    fails when nothing new arrives for FORWARD_STALL seconds."""
+    progress = [-1, time.monotonic()]
+
+    def delivered() -> bool:
+        got = dest.count()
+        if got != progress[0]:
+            progress[:] = [got, time.monotonic()]
+        elif time.monotonic() - progress[1] > FORWARD_STALL:
+            raise RuntimeError(f"{dest.name} stalled at {got} of {expected} instances (queue"
+                               f" pending {queue_pending(fed)}):\n{tail(fed.log_path)}")
+        return got >= expected and queue_pending(fed) == 0
+
+    wait_for(delivered, SEND_TIMEOUT, f"{dest.name} to hold {expected} instances")
+
+
+def run_forward_cell(lab: Lab, mode: str, data: DataSet, feeds: int, problems: list[str]
+                     ) -> ForwardCell:
+    """A fresh destination and (unless direct) a fresh forwarding server; ``feeds`` storescu
+    send ``data``, timed until the destination holds every instance. The servers' log
+    problems go to ``problems``."""
+    folders = data.parts() if feeds > 1 else [data.root]
+    with contextlib.ExitStack() as stack:
+        dest = stack.enter_context(lab.running(ForwardDest))
+        fed = dest if mode == "direct" else stack.enter_context(
+            lab.running(Orthanc if mode == "orthanc" else Appliance,
+                        forward_config(lab, mode, dest)))
+        cpu0 = cpu_seconds(fed.pid)
+        started = time.monotonic()
+        feed_seconds = send(fed, folders)
+        at_feed_end = dest.count()
+        verify(fed, data.files)
+        wait_delivered(dest, fed, data.files)
+        seconds = time.monotonic() - started
+        cell = ForwardCell(mode, data.name, len(folders), data.files, data.bytes, feed_seconds,
+                           seconds, at_feed_end, cpu_seconds(fed.pid) - cpu0, load_average())
+        for server in {dest, fed}:
+            problems += log_problems(server)
+    print(f"  {cell.mode:9} {cell.set:6} x{cell.feeds}: {cell.rate:8.1f} inst/s delivered"
+          f"  (feed {cell.feed_rate:7.1f} inst/s, {cell.delivered_at_feed_end} delivered by"
+          f" then; CPU {1000 * cell.cpu_seconds / cell.instances:5.2f} ms/inst; load"
+          f" {cell.load})", flush=True)
+    return cell
+
+
+@dataclass
+class ForwardResults(RunInfo):
+    cells: list[ForwardCell]
+    log_problems: list[str]
+    errors: list[str]
+
+
+def run_forward(sets: list[str], quick: bool, lab: Lab) -> ForwardResults:
+    """Per set and feed count (1, then 4 parallel storescu): direct, appliance, Orthanc."""
+    specs = set_specs(quick)
+    data = {name: generate(specs[name]) for name in sets}
+    r = ForwardResults(machine_info(), versions(), quick,
+                       {n: {"files": d.files, "bytes": d.bytes} for n, d in data.items()},
+                       [], [], [])
+    print("forwarding to a storescp destination:", flush=True)
+    for name, feeds, mode in itertools.product(sets, (1, PARTS), FORWARD_MODES):
+        cell = attempt(r.errors, f"{mode} {name} x{feeds}", run_forward_cell, lab, mode,
+                       data[name], feeds, r.log_problems)
+        r.cells += [cell] if cell else []
+    return r
+
+
+def forward_rate(r: ForwardResults, mode: str, set_name: str, feeds: int) -> float | None:
+    return next((c.rate for c in r.cells if (c.mode, c.set, c.feeds) == (mode, set_name, feeds)),
+                None)
+
+
+def forward_targets(r: ForwardResults) -> list[Target]:
+    out = []
+    for set_name, feeds in itertools.product(r.sets, (1, PARTS)):
+        app = forward_rate(r, "appliance", set_name, feeds)
+        out.append(Target(f"forwarding appliance/Orthanc, {set_name} x{feeds}",
+                          ratio(app, forward_rate(r, "orthanc", set_name, feeds)), 1.0, "x",
+                          True))
+        out.append(Target(f"forwarding appliance/direct, {set_name} x{feeds}",
+                          ratio(app, forward_rate(r, "direct", set_name, feeds)), 0.5, "x",
+                          True))
+    return out
+
+
+def forward_table(r: ForwardResults) -> list[str]:
+    """One row per set and feed count: delivered rates, feed rates, CPU and the ratios."""
+    head = (f"{'set':6} {'feeds':>5} | {'direct':>8} | {'appliance':>8} {'(feed)':>8}"
+            f" {'ms/inst':>7} | {'orthanc':>8} {'(feed)':>8} {'ms/inst':>7} |"
+            f" {'app/orth':>8} {'app/dir':>8}")
+    lines = [head, "-" * len(head)]
+    for set_name, feeds in itertools.product(r.sets, (1, PARTS)):
+        row = {c.mode: c for c in r.cells if (c.set, c.feeds) == (set_name, feeds)}
+        if not row:
+            continue
+        cols = [f" {fmt(rate_of_forward(row.get('direct'))):>8} |"]
+        for mode in ("appliance", "orthanc"):
+            c = row.get(mode)
+            cols.append(f" {fmt(rate_of_forward(c)):>8} {fmt(c.feed_rate if c else None):>8}"
+                        f" {fmt(1000 * c.cpu_seconds / c.instances if c else None, '.2f'):>7} |")
+        app = rate_of_forward(row.get("appliance"))
+        lines.append(f"{set_name:6} {feeds:>5} |{''.join(cols)}"
+                     f" {fmt(ratio(app, rate_of_forward(row.get('orthanc'))), '.2f') + 'x':>8}"
+                     f" {fmt(ratio(app, rate_of_forward(row.get('direct'))), '.2f') + 'x':>8}")
+    return lines
+
+
+def rate_of_forward(cell: ForwardCell | None) -> float | None:
+    return cell.rate if cell else None
+
+
+def forward_report(r: ForwardResults) -> str:
+    out = header("appliance forwarding benchmark", r.machine, r.versions, r.quick)
+    out += ["sets: " + ", ".join(f"{n} {s['files']} files / {s['bytes'] / MB:.1f} MB"
+                                 for n, s in r.sets.items())]
+    out += ["", "Store and forward to a DCMTK storescp (fresh per cell), instances/s from the"
+            " start of the feed until", "the destination holds every instance; storescu feeds"
+            " with TCP_NODELAY=1 over 1 or 4 associations;", "(feed) = rate until storescu"
+            " finished; ms/inst = CPU of the forwarding server per instance"]
+    out += forward_table(r)
+    out += ["direct: storescu straight to the destination (the limit; storescp serves one"
+            " association at a time).", "appliance: modality 'dest' and route"
+            " {\"destinations\": [\"dest\"]} (trigger instance), done when GET /queue has"
+            " nothing pending.", "orthanc: Lua OnStoredInstance -> SendToModality(instanceId,"
+            " 'dest')."]
+    out += ["load average per cell: " + "; ".join(f"{c.mode} {c.set} x{c.feeds} {c.load}"
+                                                   for c in r.cells)]
+    out += ["", "Targets"] + [t.line() for t in forward_targets(r)]
+    out += problems_and_failures(r.log_problems, r.errors)
+    return "\n".join(out)
+
+
+def write_forward_json(r: ForwardResults, text: str) -> Path:
+    body = asdict(r)
+    for cell, raw in zip(r.cells, body["cells"], strict=True):
+        raw["rate"], raw["feed_rate"] = cell.rate, cell.feed_rate
+    body["targets"] = [{**asdict(t), "verdict": t.verdict} for t in forward_targets(r)]
+    body["report"] = text
+    return save_json(body, "bench-forward")
+
+
+# --- quota (issue 5) ------------------------------------------------------------------------
+
+@dataclass
+class QuotaResults(RunInfo):
+    cells: list[Cell]  # into an empty store, then into the same store full and recycling
+    recycled_studies: int
+    errors: list[str]
+
+
+def run_quota(quick: bool, lab: Lab) -> QuotaResults:
+    """The tiny set into an appliance whose quota holds as many studies as the set has, then a
+    second tiny set (new UIDs): each of its studies recycles one of the first set's."""
+    spec = set_specs(quick)["tiny"]
+    first = generate(spec)
+    second = generate(replace(spec, name="tiny-b", first_study=0))
+    r = QuotaResults(machine_info(), versions(), quick,
+                     {"tiny": {"files": first.files, "bytes": first.bytes}}, [], 0, [])
+    config = {"quota": {"max_studies": spec.studies}}
+    with lab.running(Appliance, config) as server:
+        idle = settle_rss(server)
+        empty = measure_send(server, first, [first.root], True, idle_rss=idle)
+        empty.note = "empty store (fills it to the quota)"
+        print(f"  empty store: {empty.rate:.1f} inst/s", flush=True)
+        full = measure_send(server, second, [second.root], True, idle_rss=idle,
+                            already=second.files - first.files)
+        full.note = f"full store: every new study recycles one ({spec.studies} studies)"
+        print(f"  full store, recycling: {full.rate:.1f} inst/s", flush=True)
+        stats = server.statistics() if isinstance(server, Appliance) else None
+        r.recycled_studies = spec.studies * 2 - int((stats or {}).get("CountStudies", 0))
+        r.cells = [empty, full]
+    return r
+
+
+def quota_report(r: QuotaResults) -> str:
+    out = header("appliance quota benchmark", r.machine, r.versions, r.quick)
+    empty, full = (r.cells + [None, None])[:2]
+    out += ["", "The tiny set (storescu, one association, TCP_NODELAY=1) into an appliance with"
+            " quota.max_studies = the set's study count:", "first into the empty store, then a"
+            " second tiny set (new UIDs) into the full store, recycling a study per new one."]
+    for cell in r.cells:
+        out.append(f"  {cell.note:60} {cell.rate:8.1f} inst/s  peak {cell.peak_rss_mib:.1f} MiB")
+    out.append(f"  studies recycled: {r.recycled_studies}")
+    target = Target("full, recycling / empty (tiny x1)",
+                    ratio(rate_of(full), rate_of(empty)), 0.8, "x", True)
+    out += ["", "Targets", target.line()]
+    out += problems_and_failures([], r.errors)
+    return "\n".join(out)
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sets", default="tiny,small,large",
-                   help="comma-separated data sets (tiny, small, large)")
+    p.add_argument("--sets", default=None,
+                   help="comma-separated data sets (tiny, small, large; default: all three,"
+                        " with --forward tiny and small)")
     p.add_argument("--quick", action="store_true",
                    help="a tenth of the counts and one 100 MB large object (with --qr: 10,000"
                         " instances instead of 100,000)")
     p.add_argument("--qr", action="store_true",
                    help="run only the Query/Retrieve part (issue 3): C-FIND latency and"
                         " movescu/getscu rates against Orthanc, at 10 %% and 100 %% fill")
+    p.add_argument("--forward", action="store_true",
+                   help="run only the store-and-forward part (issue 4): rates delivered to a"
+                        " storescp through the appliance and through Orthanc (Lua"
+                        " auto-routing), against storescu sending straight to it")
+    p.add_argument("--quota", action="store_true",
+                   help="run only the quota part (issue 5): the tiny set into an empty store,"
+                        " then into the same store full and recycling a study per new one")
     args = p.parse_args(argv)
-    args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if args.qr + args.forward + args.quota > 1:
+        p.error("--qr, --forward and --quota are separate runs")
+    sets = args.sets or ("tiny,small" if args.forward else "tiny,small,large")
+    args.sets = [s.strip() for s in sets.split(",") if s.strip()]
     unknown = set(args.sets) - {"tiny", "small", "large"}
     if unknown:
         p.error(f"unknown sets: {', '.join(sorted(unknown))}")
@@ -1389,31 +1665,40 @@ def on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def run_and_report(args: argparse.Namespace, lab: Lab) -> tuple[str, Path]:
+    """Run the part asked for; its report, and the JSON file that keeps it."""
+    if args.qr:
+        qr = run_qr(args.quick, lab)
+        text = qr_report(qr)
+        return text, write_qr_json(qr, text)
+    if args.quota:
+        quota = run_quota(args.quick, lab)
+        text = quota_report(quota)
+        return text, save_json({**asdict(quota), "report": text}, "bench-quota")
+    if args.forward:
+        forward = run_forward(args.sets, args.quick, lab)
+        text = forward_report(forward)
+        return text, write_forward_json(forward, text)
+    results = run(args.sets, args.quick, lab)
+    text = report(results)
+    return text, write_json(results, text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_tools(args.qr)
     signal.signal(signal.SIGTERM, on_sigterm)
     lab = Lab()
     try:
-        if args.qr:
-            qr_results = run_qr(args.quick, lab)
-        else:
-            results = run(args.sets, args.quick, lab)
+        text, path = run_and_report(args, lab)
     except KeyboardInterrupt:
         print("interrupted: servers stopped, temporary files removed", file=sys.stderr)
         return 130
     finally:
         lab.close()
-    if args.qr:
-        text = qr_report(qr_results)
-        path = write_qr_json(qr_results, text)
-    else:
-        text = report(results)
-        path = write_json(results, text)
     print(text)
     print(f"\nresults: {path}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

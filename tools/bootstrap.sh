@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 
 RUN_PACKAGES=(python3 python3-venv python3-dev build-essential pkg-config libsystemd-dev dcmtk)
-TEST_PACKAGES=(orthanc curl procps)
+TEST_PACKAGES=(orthanc curl procps prometheus)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -21,10 +21,12 @@ apt_install() {
     echo "bootstrap: installing ${missing[*]}" >&2
     as_root apt-get -o DPkg::Lock::Timeout=900 update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >&2
-    # Debian starts the orthanc service on install; tests run their own instances.
-    if printf '%s\n' "${missing[@]}" | grep -qx orthanc; then
-        as_root systemctl disable --now orthanc >/dev/null 2>&1 || as_root service orthanc stop >/dev/null 2>&1 || true
-    fi
+    # Debian starts these services on install; tests run their own instances.
+    for service in orthanc prometheus; do
+        if printf '%s\n' "${missing[@]}" | grep -qx "$service"; then
+            as_root systemctl disable --now "$service" >/dev/null 2>&1 || as_root service "$service" stop >/dev/null 2>&1 || true
+        fi
+    done
 }
 
 python_env() {

@@ -35,6 +35,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
+from ..health.metrics import DicomMetrics
 from ..store import Expected, Store
 from . import handlers
 from .reactor import _quickack
@@ -249,9 +250,10 @@ class Receiver:
     """Reads the PDUs of one established acceptor association and serves its C-STOREs
     (installed by ``EventDUL``; runs in the DUL thread only)."""
 
-    def __init__(self, dul: EventDUL, store: Store) -> None:
+    def __init__(self, dul: EventDUL, store: Store, metrics: DicomMetrics) -> None:
         self.dul = dul
         self.store = store
+        self.metrics = metrics
         self.buffer = bytearray(BUFFER)
         self.header = bytearray(6)
         self.incoming: Incoming | None = None
@@ -428,7 +430,7 @@ class Receiver:
         assoc = self.dul.assoc
         status, comment = handlers.store_received(
             self.store, incoming.path, Expected(request.sop_class, request.sop_instance),
-            handlers.origin_of(assoc), self._peer(),
+            handlers.origin_of(assoc), self._peer(), self.metrics,
         )
         incoming.path.unlink(missing_ok=True)  # as pynetdicom does after the handler
         if assoc.is_established and self.dul.socket is not None:

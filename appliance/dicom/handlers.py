@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -12,6 +13,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
+from ..health.metrics import DicomMetrics
 from ..index.ingest import Origin
 from ..index.tags import BadInstance
 from ..store import Expected, Store
@@ -21,6 +23,7 @@ log = logging.getLogger("appliance.dicom")
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+LOOPBACK = {"127.0.0.1", "::1"}
 
 
 def peer_of(assoc: Association) -> str:
@@ -53,24 +56,27 @@ def handle_echo(event: Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: Event, store: Store) -> int | Dataset:
+def handle_store(event: Event, store: Store, metrics: DicomMetrics) -> int | Dataset:
     """C-STORE: answer success only once the instance is durable and indexed."""
     request = cast(C_STORE, event.request)
     expected = Expected(
         str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
     )
     code, comment = store_received(
-        store, Path(event.dataset_path), expected, origin_of(event.assoc), peer(event)
+        store, Path(event.dataset_path), expected, origin_of(event.assoc), peer(event), metrics
     )
     return status(code, comment) if comment else code
 
 
 def store_received(store: Store, path: Path, expected: Expected, origin: Origin,
-                   sender: str) -> tuple[int, str]:
+                   sender: str, metrics: DicomMetrics | None) -> tuple[int, str]:
     """Hand a spooled C-STORE dataset to the store (which consumes ``path``); return the
     C-STORE status (PS3.4 B.2.3) and an error comment ("" on success). Shared by
-    ``handle_store`` and the fast path (``faststore``)."""
+    ``handle_store``, the fast path (``faststore``) and our own C-GET (``receiver``; no
+    ``metrics`` from the command line)."""
+    started = time.perf_counter()
     try:
+        size = path.stat().st_size
         store.receive(path, origin, expected)
     except BadInstance as exc:
         log.warning(
@@ -81,6 +87,8 @@ def store_received(store: Store, path: Path, expected: Expected, origin: Origin,
     except Exception as exc:
         log.exception("C-STORE of %s from %s failed", expected.sop_instance_uid, sender)
         return OUT_OF_RESOURCES, f"not stored: {type(exc).__name__}"[:64]
+    if metrics is not None:
+        metrics.stored(origin.calling_aet, size, time.perf_counter() - started)
     return SUCCESS, ""
 
 
@@ -90,7 +98,7 @@ def receiver(store: Store, origin: Origin, sender: str) -> Callable[[Path, str, 
 
     def receive(path: Path, sop_class_uid: str, sop_instance_uid: str) -> int:
         expected = Expected(sop_class_uid, sop_instance_uid)
-        return store_received(store, path, expected, origin, sender)[0]
+        return store_received(store, path, expected, origin, sender, None)[0]
 
     return receive
 
@@ -110,14 +118,31 @@ def discard_partial(event: Event) -> None:
     log_discarded(peer(event))
 
 
+def from_ourselves(assoc: Association) -> bool:
+    """Our own health check's C-ECHO (every few seconds: not worth a log line each)."""
+    req = assoc.requestor
+    return req.ae_title == assoc.acceptor.ae_title and req.address in LOOPBACK
+
+
+def journal_fields(assoc: Association) -> dict[str, str]:
+    """Structured fields for journald (the stderr handler ignores them): who, which association."""
+    req = assoc.requestor
+    return {"PEER_AE": req.ae_title, "PEER_ADDRESS": f"{req.address}:{req.port}",
+            "ASSOCIATION": assoc.name}
+
+
 def log_accepted(event: Event) -> None:
-    log.info("association accepted from %s", peer(event))
+    level = logging.DEBUG if from_ourselves(event.assoc) else logging.INFO
+    log.log(level, "association accepted from %s", peer(event),
+            extra=journal_fields(event.assoc))
 
 
 def log_rejected(event: Event) -> None:
-    log.warning("association rejected from %s", peer(event))
+    level = logging.DEBUG if from_ourselves(event.assoc) else logging.WARNING
+    log.log(level, "association rejected from %s", peer(event),
+            extra=journal_fields(event.assoc))
 
 
 def log_aborted(event: Event) -> None:
-    log.warning("association aborted with %s", peer(event))
+    log.warning("association aborted with %s", peer(event), extra=journal_fields(event.assoc))
     discard_partial(event)

@@ -27,6 +27,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -273,6 +274,16 @@ class EventAssociation(Association):
         self._activity.set()
         super().kill()
 
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """pynetdicom's, timed for the metrics (``EventServer.on_served``) when we accept."""
+        started = time.perf_counter()
+        try:
+            super()._serve_request(msg, context_id)
+        finally:
+            served = getattr(self._server, "on_served", None)
+            if served is not None:
+                served(type(msg).__name__, time.perf_counter() - started)
+
     def _run_reactor(self) -> None:
         """pynetdicom's ``Association._run_reactor``, waiting instead of sleeping."""
         self._is_paused = False
@@ -391,3 +402,4 @@ class EventServer(ThreadedAssociationServer):
 
     daemon_threads = True
     receiver: ReceiverFactory | None = None  # reads PDUs of established associations
+    on_served: Callable[[str, float], None] | None = None  # (primitive class, seconds): metrics

@@ -16,6 +16,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ..config import Config
 from ..configstore import ConfigStore
+from ..health.metrics import DicomMetrics
 from ..store import Store
 from . import faststore, handlers, qr, reactor, retrieve
 from .reactor import EventRequestHandler, EventServer
@@ -84,17 +85,19 @@ def build_ae(config: Config) -> AE:
 
 def apply_calling_policy(ae: AE, config: Config) -> None:
     """Storing from any AE is the plug-and-play default; otherwise only known modalities may
-    associate (A-ASSOCIATE-RJ "calling AE title not recognized" for the others)."""
+    associate (A-ASSOCIATE-RJ "calling AE title not recognized" for the others), and our own
+    AE title: the health check's C-ECHO to ourselves (an AE title is no proof of identity
+    anyway: known modalities' titles can be spoofed just as well)."""
     if config.dicom.store_from_unknown:
         ae.require_calling_aet = []
     else:
-        ae.require_calling_aet = [m.aet for m in config.modalities.values()] or ["\\none\\"]
+        ae.require_calling_aet = [m.aet for m in config.modalities.values()] + [config.dicom.aet]
 
 
 class DicomServer:
     """Owns the AE and its listening server thread."""
 
-    def __init__(self, configs: ConfigStore, store: Store) -> None:
+    def __init__(self, configs: ConfigStore, store: Store, metrics: DicomMetrics) -> None:
         config = configs.current
         configure_pynetdicom(config, store.area.tmp)
         self.config = config
@@ -102,7 +105,7 @@ class DicomServer:
         configs.subscribe(lambda new: apply_calling_policy(self.ae, new))
         handlers_list: list[Any] = [
             (evt.EVT_C_ECHO, handlers.handle_echo),
-            (evt.EVT_C_STORE, handlers.handle_store, [store]),
+            (evt.EVT_C_STORE, handlers.handle_store, [store, metrics]),
             (evt.EVT_C_FIND, qr.handle_find, [configs, store]),
             (evt.EVT_C_MOVE, qr.handle_move, [configs, store]),
             (evt.EVT_C_GET, qr.handle_get, [configs, store]),
@@ -110,6 +113,7 @@ class DicomServer:
             (evt.EVT_REJECTED, handlers.log_rejected),
             (evt.EVT_ABORTED, handlers.log_aborted),
             (evt.EVT_CONN_CLOSE, handlers.discard_partial),
+            *metrics.handlers(),
         ]
         self.server = self.ae.make_server(
             (config.dicom.host, config.dicom.port),
@@ -117,8 +121,11 @@ class DicomServer:
             server_class=EventServer,
             request_handler=EventRequestHandler,
         )
-        if config.dicom.fast_store and isinstance(self.server, EventServer):
-            self.server.receiver = lambda dul: faststore.Receiver(dul, store)
+        if isinstance(self.server, EventServer):
+            self.server.on_served = metrics.served
+            if config.dicom.fast_store:
+                self.server.receiver = lambda dul: faststore.Receiver(dul, store, metrics)
+        metrics.active.set_function(lambda: len(self._acceptors()))
         # as ``AE.start_server`` does: pynetdicom's ``shutdown`` removes the server from this list
         # and raises ValueError if it is not there (the stop would then skip everything after)
         self.ae._servers.append(self.server)

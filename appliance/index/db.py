@@ -37,7 +37,7 @@ PRAGMAS = {
     "wal_autocheckpoint": 4000,
 }
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 2: routing, quota; 3: health heartbeat
 
 
 def open_database(path: Path) -> SqliteDatabase:

@@ -157,9 +157,17 @@ class Trash(BaseModel):
     file = CharField(primary_key=True)
 
 
+class Heartbeat(BaseModel):
+    """The health check's proof that the index takes writes: one row per writer of beats."""
+
+    name = CharField(primary_key=True)
+    beat = FloatField()
+
+
 def tuples(query: Any) -> list[tuple[Any, ...]]:
     """A query's rows as tuples (peewee's typing calls them model instances)."""
     return list(query.tuples())
 
 
-MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change, Outbound, Export, Trash]
+MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change, Outbound, Export, Trash,
+                                 Heartbeat]

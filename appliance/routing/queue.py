@@ -74,10 +74,11 @@ def due(destination: str, now: float, limit: int, exclude: Iterable[int] = ()) -
     return [Entry(*row) for row in tuples(query)]
 
 
-def next_due(destination: str) -> float | None:
+def next_due(destination: str, exclude: Iterable[int] = ()) -> float | None:
     """When the next pending entry of ``destination`` is due (None: nothing pending)."""
     value = (Outbound.select(fn.MIN(Outbound.next_attempt))
-             .where((Outbound.destination == destination) & (Outbound.state == "pending"))
+             .where((Outbound.destination == destination) & (Outbound.state == "pending")
+                    & Outbound.id.not_in(list(exclude)))
              .scalar())
     return float(value) if value is not None else None
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import Config, Modality
 from ..configstore import ConfigStore
@@ -82,11 +84,19 @@ class Destination:
             session = _release(session)
             self._wait(IDLE_WAIT)
             return None
+        recorded: Future[Any] | None = None
         try:
-            return self._send(session, batch)
+            session, recorded = self._send(session, batch)
+            return session
         finally:
-            with self.lock:
-                self.in_flight.difference_update(e.id for e in batch)
+            if recorded is None:
+                self._settled(batch)
+            else:  # the entries stay claimed until their outcome is committed
+                recorded.add_done_callback(lambda _: self._settled(batch))
+
+    def _settled(self, batch: list[Entry]) -> None:
+        with self.lock:
+            self.in_flight.difference_update(e.id for e in batch)
 
     def _claim(self) -> list[Entry]:
         """Due entries no other worker of this destination holds."""
@@ -105,19 +115,24 @@ class Destination:
         if self.state.retry_at > now:
             delay = self.state.retry_at - now
         else:
-            next_due = queue.next_due(self.name)
+            with self.lock:
+                claimed = list(self.in_flight)  # sent, their outcome not yet committed
+            next_due = queue.next_due(self.name, claimed)
             if next_due is not None:
                 delay = max(0.0, next_due - time.time())
         with self.lock:
             if not self.dispatcher.stopping.is_set():
                 self.wakeup.wait(min(delay, longest))
 
-    def _send(self, session: StoreSession | None, batch: list[Entry]) -> StoreSession | None:
+    def _send(self, session: StoreSession | None, batch: list[Entry]
+              ) -> tuple[StoreSession | None, Future[Any] | None]:
+        """Send a batch; the session to go on with, and the outcome's pending commit (sending
+        goes on while the index records it)."""
         config = self.dispatcher.config
         modality = config.modalities.get(self.name)
         if modality is None:
-            self._record(modality, [Result(e, FAILED, "no such modality") for e in batch])
-            return _release(session)
+            results = [Result(e, FAILED, "no such modality") for e in batch]
+            return _release(session), self._record(modality, results)
         items = [self._outgoing(e) for e in batch]
         if session is None or not session.alive or not session.covers(items):
             session = _release(session)
@@ -125,29 +140,29 @@ class Destination:
                 session = StoreSession.open(config.dicom, modality, items)
             except (AssociationFailed, OSError, RuntimeError) as exc:
                 self._unreachable(str(exc))
-                return None
+                return None, None
         results = []
         for entry, item in zip(batch, items, strict=True):
             status = session.send(item)
             if status == FAILED and not session.alive:
                 break  # the association died: the rest of the batch was not attempted
             results.append(Result(entry, status, "" if status != FAILED else session.last_error))
-        self._record(modality, results)
+        recorded = self._record(modality, results)
         if not session.alive:
             self._unreachable("association lost during the batch")
-            return None
-        return session
+            return None, recorded
+        return session, recorded
 
     def _outgoing(self, entry: Entry) -> Outgoing:
         path = self.dispatcher.store.area.path(entry.file)
         return Outgoing(entry.sop_uid, entry.sop_class_uid, entry.transfer_syntax, path)
 
-    def _record(self, modality: Modality | None, results: list[Result]) -> None:
+    def _record(self, modality: Modality | None, results: list[Result]) -> Future[Any] | None:
         if not results:
-            return
+            return None
         settings = self.dispatcher.config.queue
         aet = modality.aet if modality else ""
-        self.dispatcher.store.writer.run(
+        recorded = self.dispatcher.store.writer.submit(
             lambda: queue.record(self.name, aet, results, settings, time.time())
         )
         delivered = sum(queue.outcome_of(r.status) != "failure" for r in results)
@@ -162,6 +177,7 @@ class Destination:
             state.last_error = f"0x{failure.status:04X} {failure.error}".strip()
             log.warning("%s refused %d of %d instances (last: %s)", self.name,
                         len(results) - delivered, len(results), state.last_error)
+        return recorded
 
     def _unreachable(self, error: str) -> None:
         state = self.state

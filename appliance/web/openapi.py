@@ -69,6 +69,8 @@ SUMMARIES = {
     "POST /queue/<name>/retry": "Retry a destination's failed entries now",
     "POST /queue/<name>/cancel": "Cancel a destination's waiting entries",
     "GET /exports": "The export log (since, limit)",
+    "GET /health": "The checks' results (503 when one fails)",
+    "GET /metrics": "Prometheus metrics",
     "GET /openapi.json": "This document",
 }  # fmt: skip
 
