@@ -4,6 +4,7 @@ send, query, retrieve)."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import shutil
@@ -129,6 +130,34 @@ def cmd_health(args: argparse.Namespace) -> int:
     answer = fetch_health(url, args.timeout)
     print("\n".join(lines(answer)))
     return EXIT_CODES[answer.state]
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    """Accounts are written directly (the appliance reads them at start): refused while it
+    runs, so the two never write the file at once."""
+    from .accounts import AccountError, Accounts
+    from .runtime import DataLock
+
+    config = _config(args)
+    lock = DataLock(config.data_dir)
+    try:
+        accounts = Accounts(config.data_dir)
+        if args.action == "add":
+            password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
+                getpass.getpass(f"password for {args.name}: ")
+            accounts.add(args.name, "admin" if args.admin else args.role, password)
+            print(f"user {args.name} saved")
+        elif args.action == "remove":
+            accounts.remove(args.name)
+            print(f"user {args.name} removed")
+        else:
+            print(accounts.create_token(args.name, args.label))
+    except AccountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        lock.release()
+    return 0
 
 
 # --- SCU commands: thin wrappers around dicom/remote.py -----------------------------------------
@@ -335,6 +364,15 @@ def parser() -> argparse.ArgumentParser:
     fsck.add_argument("--repair", action="store_true", help="fix what is found")
     fsck.add_argument("--verify", action="store_true", help="also verify every file's checksum")
     command("reindex", cmd_reindex, "rebuild the index from the stored files")
+    user = command("user", cmd_user, "add or remove an account, or make an API token "
+                   "(while the appliance is stopped)")
+    user.add_argument("action", choices=["add", "remove", "token"])
+    user.add_argument("name", help="user name")
+    user.add_argument("--admin", action="store_true", help="role admin (same as --role admin)")
+    user.add_argument("--role", choices=["admin", "viewer"], default="viewer")
+    user.add_argument("--password-stdin", action="store_true",
+                      help="read the password from the first line of standard input")
+    user.add_argument("--label", default="", help="what the token is for")
     check = command("check-config", cmd_check_config, "validate and print the configuration")
     check.add_argument("--describe", action="store_true", help="list every setting")
     health = command("health", cmd_health, "how is the running appliance? (exit 0/1/2)")

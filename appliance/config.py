@@ -205,6 +205,27 @@ class HooksSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    """Accounts, sessions and what may be reached without logging in."""
+
+    session_minutes: float = setting(
+        480.0, "minutes of inactivity after which a login session expires", min=1
+    )
+    secure_cookies: bool = setting(
+        False, "mark session cookies Secure (set when the box is reached over HTTPS)"
+    )
+    public_paths: list[str] = setting(
+        ["/health", "/metrics"], "paths answered without authentication (monitoring)"
+    )
+    max_login_failures: int = setting(
+        5, "failed logins per user, and 4 times as many per address, before a pause", min=1
+    )
+    lockout_minutes: float = setting(
+        5.0, "minutes failed logins are remembered (and a paused login waits)", min=0.1
+    )
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
     patient_data: bool = setting(True, "allow patient names and IDs in log lines")
@@ -260,6 +281,7 @@ class Config:
     quota: QuotaSettings = setting(QuotaSettings(), "the rotating storage quota")
     hooks: HooksSettings = setting(HooksSettings(), "Python hooks")
     health: HealthSettings = setting(HealthSettings(), "health checks, watchdog and metrics")
+    security: SecuritySettings = setting(SecuritySettings(), "accounts and sessions")
 
     @property
     def data_dir(self) -> Path:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Config, merge, read_file, validated
+from .atomic import write_json
+from .config import Config, ConfigError, merge, read_file, to_dict, validated
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class ConfigStore:
         self._file = read_file(path)
         self._overrides = overrides
         self.folder = data_dir / "config"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._listeners: list[Listener] = []
         self._saved = self._read_saved()
         self.current: Config = self._effective(self._saved)
@@ -49,14 +49,7 @@ class ConfigStore:
         """Apply ``changes`` (a partial configuration; ``modalities`` and ``routes`` replace
         the whole section) if the result is valid; raise ``ConfigError`` otherwise."""
         with self._lock:
-            saved = merge(self._saved, changes)
-            config = self._effective(saved)
-            version = self._write(saved, who)
-            self._saved, self.current = saved, config
-        log.info("configuration version %d saved%s", version, f" by {who}" if who else "")
-        for listener in self._listeners:
-            listener(config)
-        return config
+            return self.replace(merge(self._saved, changes), who)
 
     def _effective(self, saved: dict[str, Any]) -> Config:
         return validated(merge(merge(self._file, saved), self._overrides))
@@ -74,20 +67,45 @@ class ConfigStore:
         return dict(document["settings"])
 
     def _write(self, saved: dict[str, Any], who: str) -> int:
-        self.folder.mkdir(parents=True, exist_ok=True)
         version = (self.versions() or [0])[-1] + 1
-        target = self.folder / f"{version:06d}.json"
-        tmp = target.with_suffix(".tmp")
         document = {"version": version, "saved": time.time(), "by": who, "settings": saved}
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        dir_fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_json(self.folder / f"{version:06d}.json", document)
         return version
 
+    def history(self) -> list[dict[str, Any]]:
+        """Every saved version, newest first: number, when, by whom (settings left out)."""
+        out = []
+        for version in reversed(self.versions()):
+            document = self._document(version)
+            out.append({"version": version, "saved": document.get("saved", 0.0),
+                        "by": document.get("by", "")})
+        return out
+
+    def _document(self, version: int) -> dict[str, Any]:
+        path = self.folder / f"{version:06d}.json"
+        if not path.exists():
+            raise ConfigError(f"no saved configuration version {version}")
+        return dict(json.loads(path.read_text("utf-8")))
+
+    def rollback(self, version: int, who: str = "") -> Config:
+        """Make the settings of ``version`` current again, as a new version (history is never
+        rewritten)."""
+        return self.replace(dict(self._document(version)["settings"]), who)
+
+    def replace(self, saved: dict[str, Any], who: str = "") -> Config:
+        """Replace every saved setting at once (an import, a rollback), validated first."""
+        with self._lock:
+            config = self._effective(saved)
+            version = self._write(saved, who)
+            self._saved, self.current = saved, config
+        log.info("configuration version %d saved%s", version, f" by {who}" if who else "")
+        for listener in self._listeners:
+            listener(config)
+        return config
+
+    def export(self) -> dict[str, Any]:
+        """The whole effective configuration (to provision another box the same way); the
+        data directory is left out: it belongs to each box."""
+        values = to_dict(self.current)
+        values.pop("data", None)
+        return values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -13,17 +14,22 @@ from types import FrameType
 from systemd import daemon
 
 from . import pixels
+from .accounts import Accounts
+from .config import Config
 from .configstore import ConfigStore
 from .dicom.scp import DicomServer
 from .health.service import Monitor
 from .hooks import Hooks
+from .index import audit as audit_log
 from .routing.service import Routing
 from .routing.worker import Dispatcher
 from .storage.fsck import reconcile
 from .store import Store
+from .web import admin
 from .web.api import health as health_api
 from .web.api import routing as routing_api
 from .web.app import HttpServer
+from .web.auth import Security
 
 log = logging.getLogger("appliance")
 
@@ -74,15 +80,31 @@ class Appliance:
         routing = Routing(self.configs, self.store, self.dispatcher)
         self.hooks = Hooks(self.configs, self.store, routing)
         self.hooks.start()
-        self.http = HttpServer(self.config, self.store,
+        security = self.security()
+        services = admin.Services(self.configs, self.store, routing, security)
+        self.http = HttpServer(http_config(self.config, security), self.store,
                                [lambda app: routing_api.install(app, routing),
-                                lambda app: health_api.install(app, self.monitor)])
+                                lambda app: health_api.install(app, self.monitor),
+                                lambda app: admin.install(app, services)])
         self.dicom.start()
         threading.Thread(target=self.http.serve, name="http", daemon=True).start()
         self.monitor.start(self.dicom.port)
+        if security.setup is not None and security.setup.value is not None:
+            log.warning("no administrator yet: set the admin password at "
+                        "http://127.0.0.1:%d/setup?token=%s (a one-time link)",
+                        self.http.port, security.setup.value)
         daemon.notify("READY=1")
         log.info("ready: DICOM %s on port %d, HTTP on port %d, data in %s",
                  self.config.dicom.aet, self.dicom.port, self.http.port, self.config.data_dir)
+
+    def security(self) -> Security:
+        store = self.store
+
+        def audit(user: str, address: str, action: str, detail: str, outcome: str) -> None:
+            store.writer.run(lambda: audit_log.record(user, address, action, detail, outcome))
+
+        return Security(Accounts(self.config.data_dir), lambda: self.configs.current.security,
+                        audit)
 
     def stop(self) -> None:
         daemon.notify("STOPPING=1")
@@ -99,6 +121,19 @@ class Appliance:
         self.store.stop()
         self.lock.release()
         log.info("stopped")
+
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def http_config(config: Config, security: Security) -> Config:
+    """Until an administrator exists, the web server listens on loopback only: the setup link
+    must not be usable from the network."""
+    if security.setup is None or config.http.host in LOOPBACK:
+        return config
+    log.warning("http.host %s ignored until an administrator is set up: listening on "
+                "127.0.0.1", config.http.host)
+    return dataclasses.replace(config, http=dataclasses.replace(config.http, host="127.0.0.1"))
 
 
 def serve(configs: ConfigStore) -> int:

@@ -9,11 +9,13 @@ then may a caller report success.
 
 from __future__ import annotations
 
+import io
 import logging
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from peewee import SqliteDatabase
 from pydicom import config as pydicom_config
@@ -161,11 +163,12 @@ class Store:
         return len(files)
 
     def empty_trash(self, files: list[str]) -> None:
-        """Remove the files of deleted rows, then forget them."""
+        """Remove the files of deleted rows, then forget them (not waited for: a crash before
+        that commit only makes reconciliation remove files that are already gone)."""
         for name in files:
             self.area.remove(name)
         if files:
-            self.writer.run(lambda: emptied(files))
+            self.writer.submit(lambda: emptied(files))
 
     def open_instance(self, public_id: str) -> BinaryIO | None:
         """The stored bytes of an instance, or None if there is no such instance."""
@@ -198,6 +201,15 @@ class Store:
         except (pixels.PixelError, TimeoutError) as exc:
             raise render.Undecodable(str(exc) or "pixel decoding timed out") from exc
 
+    def files_of(self, level: str, public_id: str) -> list[tuple[str, Path]] | None:
+        """The stored files under a resource, named ``series-folder/instance.dcm`` for an
+        archive (None: no such resource)."""
+        keys = resources.instance_keys(level, public_id)
+        if keys is None:
+            return None
+        return [(f"{series}/{instance}.dcm", self.area.path(name))
+                for series, instance, name in resources.archive_names(keys)]
+
     def read_header(self, name: str, tags: Sequence[BaseTag]) -> Dataset:
         """Some elements of a stored file (with its character set), never its pixel data."""
         wanted = [*tags, Tag(0x00080005)]
@@ -218,6 +230,25 @@ class Store:
                         extra=fields)
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("stored %s from %s%s", tags.sop_uid, who, patient, extra=fields)
+
+
+def chain(head: bytes, rest: BinaryIO) -> BinaryIO:
+    """A stream whose first bytes were already read."""
+    return typing.cast(BinaryIO, io.BufferedReader(_Chained(head, rest)))
+
+
+class _Chained(io.RawIOBase):
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.head[:len(buffer)] if self.head else self.rest.read(len(buffer))
+        self.head = self.head[len(data):] if self.head else b""
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def check_expected(tags: InstanceTags, expected: Expected) -> None:

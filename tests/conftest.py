@@ -25,6 +25,8 @@ SUCCESS_LINE = "Received Store Response (Success)"
 # Both receive paths: the fast path in the network thread (the default), and pynetdicom's own.
 RECEIVE_PATHS = {"fast-store": {}, "pynetdicom-store": {"dicom": {"fast_store": False}}}
 
+ADMIN, ADMIN_PASSWORD = "admin", "correct horse battery"
+
 # Debian's DCMTK leaves Nagle's algorithm on unless told otherwise.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -57,11 +59,15 @@ class ApplianceProcess:
     """``appliance serve`` in a subprocess, on free ports, with its own data directory."""
 
     def __init__(self, data: Path, aet: str = "APPLIANCE", config: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, accounts: bool = True):
         self.data = data
         self.aet = aet
         self.config = config or {}
         self.env = env or {}  # added to the environment (NOTIFY_SOCKET, WATCHDOG_USEC...)
+        # An administrator and an API token, made before the first start (as ``appliance user
+        # add`` would): the REST API needs credentials. ``session`` sends the token.
+        self.accounts = accounts
+        self.session = requests.Session()
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -81,7 +87,20 @@ class ApplianceProcess:
             cmd += ["--config", str(path)]
         return cmd
 
+    def provision(self) -> None:
+        from appliance.accounts import Accounts
+
+        accounts = Accounts(self.data)
+        if not accounts.has_admin():
+            accounts.add(ADMIN, "admin", ADMIN_PASSWORD)
+            token = accounts.create_token(ADMIN, "tests")
+            self.data.parent.joinpath(f"{self.data.name}-token").write_text(token)
+        token = self.data.parent.joinpath(f"{self.data.name}-token").read_text()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
     def start(self, timeout: float = 60.0) -> ApplianceProcess:
+        if self.accounts:
+            self.provision()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      cwd=ROOT, env={**os.environ, **self.env})
@@ -95,7 +114,7 @@ class ApplianceProcess:
 
     def _http_ok(self) -> bool:
         try:
-            return requests.get(self.url + "/system", timeout=1).status_code == 200
+            return self.session.get(self.url + "/system", timeout=1).status_code in (200, 401)
         except requests.RequestException:
             return False
 
@@ -116,7 +135,7 @@ class ApplianceProcess:
         self.proc.wait(30)
 
     def get(self, path: str, **kw: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=30, **kw)
+        return self.session.get(self.url + path, timeout=30, **kw)
 
     def json(self, path: str) -> Any:
         r = self.get(path)

@@ -21,7 +21,8 @@ NAMES = ["CT_small.dcm", "MR_small.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm"
 
 
 def client(app: ApplianceProcess) -> DICOMwebClient:
-    return DICOMwebClient(f"{app.url}/dicom-web")
+    return DICOMwebClient(f"{app.url}/dicom-web",
+                          headers={"Authorization": app.session.headers["Authorization"]})
 
 
 def uids(ds: Dataset) -> tuple[str, str, str]:
@@ -96,11 +97,15 @@ def test_stow_reports_failures_per_instance(appliance: ApplianceProcess,
     assert list((appliance.data / "tmp").iterdir()) == []
 
 
+def app_get(app: ApplianceProcess, url: str, **kw: Any) -> requests.Response:
+    return app.session.get(url, **kw)
+
+
 def stow(app: ApplianceProcess, body: bytes, boundary: str, study: str = "",
          media: str = "application/dicom") -> requests.Response:
     path = f"/dicom-web/studies/{study}" if study else "/dicom-web/studies"
     headers = {"Content-Type": f'multipart/related; type="{media}"; boundary={boundary}'}
-    return requests.post(app.url + path, data=body, headers=headers, timeout=60)
+    return app.session.post(app.url + path, data=body, headers=headers, timeout=60)
 
 
 @pytest.mark.parametrize("case", ["truncated", "not-multipart", "json-parts", "no-parts"])
@@ -110,7 +115,7 @@ def test_malformed_stow_is_refused_and_stores_nothing(appliance: ApplianceProces
     body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + part
     status: dict[str, Any] = {
         "truncated": (stow(appliance, body, "b"), 400),
-        "not-multipart": (requests.post(f"{appliance.url}/dicom-web/studies", data=part,
+        "not-multipart": (appliance.session.post(f"{appliance.url}/dicom-web/studies", data=part,
                                         headers={"Content-Type": "application/dicom"},
                                         timeout=30), 415),
         "json-parts": (stow(appliance, body, "b", media="application/dicom+json"), 415),
@@ -127,15 +132,15 @@ def test_qido_and_wado_errors(appliance: ApplianceProcess, tmp_path: Path) -> No
     storescu(appliance, *files)
     ds = dcmread(files[0])
     base = f"{appliance.url}/dicom-web"
-    assert requests.get(f"{base}/studies/1.2.3", timeout=30).status_code == 404
-    assert requests.get(f"{base}/studies?NoSuchKeyword=1", timeout=30).status_code == 400
-    assert requests.get(f"{base}/studies?limit=x", timeout=30).status_code == 400
+    assert app_get(appliance, f"{base}/studies/1.2.3", timeout=30).status_code == 404
+    assert app_get(appliance, f"{base}/studies?NoSuchKeyword=1", timeout=30).status_code == 400
+    assert app_get(appliance, f"{base}/studies?limit=x", timeout=30).status_code == 400
     instance = f"{base}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}" \
                f"/instances/{ds.SOPInstanceUID}"
-    assert requests.get(f"{instance}/frames/2", timeout=30).status_code == 404
-    assert requests.get(f"{instance}/frames/0", timeout=30).status_code == 400
+    assert app_get(appliance, f"{instance}/frames/2", timeout=30).status_code == 404
+    assert app_get(appliance, f"{instance}/frames/0", timeout=30).status_code == 400
     jpeg = "1.2.840.10008.1.2.4.50"
-    r = requests.get(instance, timeout=30, headers={
+    r = app_get(appliance, instance, timeout=30, headers={
         "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={jpeg}'})
     assert r.status_code == 406
-    assert requests.get(f"{base}/studies?fuzzymatching=true", timeout=30).status_code == 200
+    assert app_get(appliance, f"{base}/studies?fuzzymatching=true", timeout=30).status_code == 200

@@ -68,7 +68,7 @@ def hooked(factory: Any, tmp_path: Path, source: str, **config: Any) -> Applianc
 
 
 def upload(app: ApplianceProcess, path: Path) -> requests.Response:
-    return requests.post(app.url + "/instances", data=path.read_bytes(), timeout=60)
+    return app.session.post(app.url + "/instances", data=path.read_bytes(), timeout=60)
 
 
 def test_each_callback_fires_with_the_right_data(appliance_factory: Any,

@@ -44,9 +44,13 @@ FINDS = [
 ]
 
 
+SESSION = requests.Session()  # the box's token is added to it for its URLs
+
+
 @pytest.fixture
 def pair(appliance: ApplianceProcess, tmp_path: Path) -> Iterator[tuple[str, str]]:
     orthanc = Orthanc(tmp_path / "orthanc")
+    SESSION.headers["Authorization"] = appliance.session.headers["Authorization"]
     try:
         yield orthanc.url, appliance.url
     finally:
@@ -54,7 +58,7 @@ def pair(appliance: ApplianceProcess, tmp_path: Path) -> Iterator[tuple[str, str
 
 
 def get(url: str) -> Any:
-    r = requests.get(url, timeout=30)
+    r = SESSION.get(url, timeout=30)
     r.raise_for_status()
     return r.json()
 
@@ -97,12 +101,12 @@ def test_same_answers_as_orthanc(pair: tuple[str, str], tmp_path: Path) -> None:
     orthanc, box = pair
     for name in FILES:
         data = part10(name, tmp_path / "files").read_bytes()
-        theirs = requests.post(f"{orthanc}/instances", data=data, timeout=30).json()
-        ours = requests.post(f"{box}/instances", data=data, timeout=30).json()
+        theirs = SESSION.post(f"{orthanc}/instances", data=data, timeout=30).json()
+        ours = SESSION.post(f"{box}/instances", data=data, timeout=30).json()
         assert ours == theirs, name
     again = part10(FILES[0], tmp_path / "files").read_bytes()
-    assert requests.post(f"{box}/instances", data=again, timeout=30).json()["Status"] == \
-        requests.post(f"{orthanc}/instances", data=again, timeout=30).json()["Status"]
+    assert SESSION.post(f"{box}/instances", data=again, timeout=30).json()["Status"] == \
+        SESSION.post(f"{orthanc}/instances", data=again, timeout=30).json()["Status"]
 
     for level in LEVELS:
         ids = get(f"{orthanc}/{level}")
@@ -119,12 +123,12 @@ def test_same_answers_as_orthanc(pair: tuple[str, str], tmp_path: Path) -> None:
             get(f"{orthanc}/instances/{public_id}/simplified-tags")["SOPInstanceUID"]
 
     for body in FINDS:
-        theirs = requests.post(f"{orthanc}/tools/find", json=body, timeout=30).json()
-        ours = requests.post(f"{box}/tools/find", json=body, timeout=30).json()
+        theirs = SESSION.post(f"{orthanc}/tools/find", json=body, timeout=30).json()
+        ours = SESSION.post(f"{box}/tools/find", json=body, timeout=30).json()
         if "Limit" in body or "Since" in body:
             # pages of an order neither defines: the same size, taken from the same answers
             whole = {k: v for k, v in body.items() if k not in ("Limit", "Since")}
-            every = requests.post(f"{orthanc}/tools/find", json=whole, timeout=30).json()
+            every = SESSION.post(f"{orthanc}/tools/find", json=whole, timeout=30).json()
             assert len(ours) == len(theirs) and set(ours) <= set(every), body
         elif body.get("Expand"):
             assert sorted(r["ID"] for r in ours) == sorted(r["ID"] for r in theirs), body

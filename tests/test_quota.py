@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from pydicom.uid import generate_uid
 
 from .conftest import SUCCESS_LINE, ApplianceProcess, make_series, storescu, wait_for
@@ -41,7 +40,7 @@ def study_id(app: ApplianceProcess, uid: str) -> str:
 
 def protect(app: ApplianceProcess, uid: str, body: Any = "1") -> None:
     data = body if isinstance(body, str) else None
-    r = requests.put(f"{app.url}/studies/{study_id(app, uid)}/protected", data=data,
+    r = app.session.put(f"{app.url}/studies/{study_id(app, uid)}/protected", data=data,
                      json=None if data is not None else body, timeout=30)
     assert r.status_code == 200, r.text
 
@@ -103,7 +102,7 @@ def test_queued_studies_are_never_recycled(appliance_factory: Any, tmp_path: Pat
     mr = send_study(app, tmp_path / "mr", modality="MR")
     ct = [send_study(app, tmp_path / f"ct{i}") for i in range(3)]
     assert study_uids(app) == {mr, ct[2]}
-    r = requests.post(f"{app.url}/queue/down/cancel", timeout=30)
+    r = app.session.post(f"{app.url}/queue/down/cancel", timeout=30)
     assert r.json() == {"Cancelled": 3}
     newest = send_study(app, tmp_path / "after")
     assert study_uids(app) == {ct[2], newest}, "cancelled: the MR study may go now"
@@ -167,9 +166,9 @@ def test_retention_by_age_and_modality_and_pins_with_expiry(appliance_factory: A
 def test_bad_protection_body(appliance: ApplianceProcess, tmp_path: Path) -> None:
     send_study(appliance, tmp_path / "s")
     (sid,) = appliance.json("/studies")
-    r = requests.put(f"{appliance.url}/studies/{sid}/protected", data="maybe", timeout=30)
+    r = appliance.session.put(f"{appliance.url}/studies/{sid}/protected", data="maybe", timeout=30)
     assert r.status_code == 400
-    r = requests.put(f"{appliance.url}/studies/unknown/protected", data="1", timeout=30)
+    r = appliance.session.put(f"{appliance.url}/studies/unknown/protected", data="1", timeout=30)
     assert r.status_code == 404
 
 
@@ -180,13 +179,14 @@ def test_delete_cascades_and_names_the_remaining_ancestor(appliance: AppliancePr
     make_series(tmp_path / "b", 2, study_uid=uid)
     storescu(appliance, *sorted((tmp_path / "a").iterdir()), *sorted((tmp_path / "b").iterdir()))
     series = appliance.json("/series")
-    r = requests.delete(f"{appliance.url}/series/{series[0]}", timeout=30)
+    r = appliance.session.delete(f"{appliance.url}/series/{series[0]}", timeout=30)
     assert r.json()["RemainingAncestor"]["Type"] == "Study"
     (study,) = appliance.json("/studies")
-    r = requests.delete(f"{appliance.url}/studies/{study}", timeout=30)
+    r = appliance.session.delete(f"{appliance.url}/studies/{study}", timeout=30)
     assert r.json() == {"RemainingAncestor": None}
     assert appliance.statistics()["CountInstances"] == 0
-    assert requests.delete(f"{appliance.url}/studies/{study}", timeout=30).status_code == 404
+    r = appliance.session.delete(f"{appliance.url}/studies/{study}", timeout=30)
+    assert r.status_code == 404
     appliance.stop()
     fsck_clean(appliance)
 

@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 from pydicom import dcmread
 
-from .conftest import ApplianceProcess, make_series, pydicom_file, storescu
+from .conftest import ADMIN, ADMIN_PASSWORD, ApplianceProcess, make_series, pydicom_file, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +38,12 @@ def part10(name: str, folder: Path) -> Path:
 
 
 def post(app: ApplianceProcess, path: str, **kw: Any) -> requests.Response:
-    return requests.post(app.url + path, timeout=60, **kw)
+    return app.session.post(app.url + path, timeout=60, **kw)
 
 
 def test_pyorthanc_upload_list_find_tags_download_protect_delete(
         appliance: ApplianceProcess, tmp_path: Path) -> None:
-    client = pyorthanc.Orthanc(appliance.url)
+    client = pyorthanc.Orthanc(appliance.url, username=ADMIN, password=ADMIN_PASSWORD)
     uploaded = [pyorthanc.upload(client, part10(name, tmp_path))[0] for name in FILES]
     assert len(client.get_instances()) == len(FILES)
     ct = dcmread(pydicom_file("CT_small.dcm"))

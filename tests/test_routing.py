@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
@@ -221,7 +220,7 @@ def test_failure_statuses_backoff_then_failed_then_retry(appliance_factory: Any,
         assert outcomes == ["failure"] * 15
         with scp.lock:
             scp.status = 0
-        r = requests.post(app.url + "/queue/refuser/retry", timeout=30)
+        r = app.session.post(app.url + "/queue/refuser/retry", timeout=30)
         assert r.json() == {"Retried": 5}
         wait_for(lambda: len(scp.received) == 5 and pending(app, "refuser") == 0, 60,
                  "delivery after retry")
@@ -286,19 +285,19 @@ def test_modalities_and_routes_change_at_run_time(appliance_factory: Any, scp_fa
     scp = scp_factory("dest")
     app = appliance_factory().start()
     url = app.url
-    r = requests.put(f"{url}/routes/r", json={"destinations": ["nowhere"]}, timeout=30)
+    r = app.session.put(f"{url}/routes/r", json={"destinations": ["nowhere"]}, timeout=30)
     assert r.status_code == 400 and "nowhere" in r.json()["Message"]
-    r = requests.put(f"{url}/modalities/dest", json={"AET": "DEST", "Host": "127.0.0.1",
+    r = app.session.put(f"{url}/modalities/dest", json={"AET": "DEST", "Host": "127.0.0.1",
                                                      "Port": 0}, timeout=30)
     assert r.status_code == 400 and "minimum" in r.json()["Message"]
-    r = requests.put(f"{url}/modalities/dest", json={"AET": "DEST", "Host": "127.0.0.1",
+    r = app.session.put(f"{url}/modalities/dest", json={"AET": "DEST", "Host": "127.0.0.1",
                                                      "Port": scp.port}, timeout=30)
     assert r.status_code == 200, r.text
     assert app.json("/modalities") == ["dest"]
-    r = requests.put(f"{url}/routes/r", json={"destinations": ["dest"], "modality": ["MR"]},
+    r = app.session.put(f"{url}/routes/r", json={"destinations": ["dest"], "modality": ["MR"]},
                      timeout=30)
     assert r.status_code == 200, r.text
-    r = requests.delete(f"{url}/modalities/dest", timeout=30)
+    r = app.session.delete(f"{url}/modalities/dest", timeout=30)
     assert r.status_code == 400, "a modality a route uses cannot be deleted"
     storescu(app, *make_series(tmp_path / "mr", 2, modality="MR"))
     wait_for(lambda: received(scp) == 2, 60, "the new route to deliver")
@@ -316,17 +315,17 @@ def test_send_by_hand_goes_through_the_queue(appliance_factory: Any, scp_factory
                                     "queue": FAST_RETRY}).start()
     storescu(app, *make_series(tmp_path / "in", 4))
     (study,) = app.json("/studies")
-    r = requests.post(f"{app.url}/modalities/dest/store",
-                      json={"Resources": [study], "Asynchronous": True}, timeout=30)
+    r = app.session.post(f"{app.url}/modalities/dest/store",
+                         json={"Resources": [study], "Asynchronous": True}, timeout=30)
     assert r.status_code == 200 and r.json()["Queued"] == 4
-    r = requests.post(f"{app.url}/modalities/dest/store", json=["nope"], timeout=30)
+    r = app.session.post(f"{app.url}/modalities/dest/store", json=["nope"], timeout=30)
     assert r.status_code == 404
-    r = requests.post(f"{app.url}/modalities/dest/store",
-                      json={"Resources": [study], "Timeout": 1}, timeout=30)
+    r = app.session.post(f"{app.url}/modalities/dest/store",
+                         json={"Resources": [study], "Timeout": 1}, timeout=30)
     assert r.status_code == 502 and r.json()["Waiting"] == 4, "down: still queued"
     scp.start()
     wait_for(lambda: received(scp) == 8 and pending(app, "dest") == 0, 60, "delivery")
-    r = requests.post(f"{app.url}/modalities/dest/store", json=study, timeout=60)
+    r = app.session.post(f"{app.url}/modalities/dest/store", json=study, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["Delivered"] == 4 and r.json()["FailedInstancesCount"] == 0
     assert received(scp) == 12

@@ -228,6 +228,19 @@ def test_send_study_to_storescp_while_serving(peers: Peers, dest: StoreSCP) -> N
         assert arrived.PatientName == original.PatientName
 
 
+def test_send_many_over_one_association(peers: Peers, dest: StoreSCP, tmp_path: Path) -> None:
+    """1000 instances, one association, every response read (pynetdicom's own requestor loop
+    used to drop one response in a few hundred on this fast peer)."""
+    many = generate_uid()
+    files = make_series(tmp_path / "many", 1000, patient_id="MANY", study_uid=many, size=8)
+    storescu(peers.app, *files)
+    done = cli(peers, "send", many, "--to", "dest")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert "sent 1000 instances to dest: 1000 succeeded" in done.stdout
+    assert sop_uids(dest.files()) == sop_uids(files)
+    assert dest.log().count("Association Acknowledged") == 1
+
+
 def test_send_by_orthanc_id_and_unknown_id(peers: Peers, dest: StoreSCP) -> None:
     series_id = peers.app.json(f"/studies/{orthanc_hash(f'AP1|{APP_STUDY}')}")["Series"][0]
     done = cli(peers, "send", series_id, "--to", "dest")

@@ -368,9 +368,12 @@ class Server:
 class HttpStatisticsServer(Server):
     """A server with Orthanc's ``GET /statistics``."""
 
+    headers: dict[str, str] = {}  # credentials, if the server wants some
+
     def statistics(self) -> dict[str, Any] | None:
         try:
-            r = requests.get(f"http://{LOOPBACK}:{self.http_port}/statistics", timeout=10)
+            r = requests.get(f"http://{LOOPBACK}:{self.http_port}/statistics", timeout=10,
+                             headers=self.headers)
         except requests.RequestException:
             return None
         return dict(r.json()) if r.status_code == 200 else None
@@ -386,6 +389,16 @@ class HttpStatisticsServer(Server):
 class Appliance(HttpStatisticsServer):
     name = "appliance"
     aet = "APPLIANCE"
+
+    def start(self) -> None:
+        """An administrator and an API token first: the REST API needs credentials."""
+        cli = [str(VENV_BIN / "appliance"), "user", "--data", str(self.workdir / "data")]
+        subprocess.run([*cli, "add", "bench", "--admin", "--password-stdin"], check=True,
+                       input="bench password\n", text=True, capture_output=True)
+        token = subprocess.run([*cli, "token", "bench"], check=True, text=True,
+                               capture_output=True).stdout.strip()
+        self.headers = {"Authorization": f"Bearer {token}"}
+        super().start()
 
     def command(self) -> list[str]:
         cmd = [str(VENV_BIN / "appliance"), "serve", "--data", str(self.workdir / "data"),

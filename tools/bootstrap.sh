@@ -6,7 +6,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 
 RUN_PACKAGES=(python3 python3-venv python3-dev build-essential pkg-config libsystemd-dev dcmtk)
-TEST_PACKAGES=(orthanc curl procps prometheus)
+TEST_PACKAGES=(orthanc curl procps prometheus chromium chromium-driver)
+# image/build and its boot test (tests/test_image.py) under qemu with UEFI firmware.
+IMAGE_PACKAGES=(mmdebstrap e2fsprogs dosfstools mtools fdisk zstd qemu-system-x86 qemu-utils ovmf
+                openssh-client)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -53,6 +56,7 @@ bootstrap() {
     apt_install "${RUN_PACKAGES[@]}"
     if [ "$extra" = "test" ]; then
         apt_install "${TEST_PACKAGES[@]}"
+        apt_install "${IMAGE_PACKAGES[@]}"
     fi
     python_env "$extra"
 }

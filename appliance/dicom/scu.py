@@ -40,7 +40,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from .. import pixels
 from ..config import DicomSettings, Modality
 from .fastsend import FastSender, SendFailed
-from .reactor import EventDUL, tune_socket
+from .reactor import EventDUL, tune_socket, use_for_requests
 
 log = logging.getLogger("appliance.dicom.scu")
 
@@ -147,7 +147,13 @@ def pairs_of(items: Iterable[Outgoing]) -> frozenset[tuple[str, str]]:
 
 
 def make_ae(settings: DicomSettings) -> AE:
-    """An AE for outgoing associations, with our title and timeouts."""
+    """An AE for outgoing associations, with our title and timeouts.
+
+    Its associations are the reactor's event-driven ones in every process (the command line
+    too, not only ``serve``): pynetdicom's own requestor loop can take the response of a
+    request for itself and drop it (one C-STORE in a few hundred, on a fast peer, then a DIMSE
+    timeout)."""
+    use_for_requests()
     ae = AE(ae_title=settings.aet)
     ae.acse_timeout = settings.acse_timeout
     ae.dimse_timeout = settings.dimse_timeout

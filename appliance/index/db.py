@@ -37,7 +37,7 @@ PRAGMAS = {
     "wal_autocheckpoint": 4000,
 }
 
-SCHEMA_VERSION = 3  # 2: routing, quota; 3: health heartbeat
+SCHEMA_VERSION = 4  # 2: routing, quota; 3: health heartbeat; 4: audit log
 
 
 def open_database(path: Path) -> SqliteDatabase:

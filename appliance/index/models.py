@@ -164,10 +164,23 @@ class Heartbeat(BaseModel):
     beat = FloatField()
 
 
+class Audit(BaseModel):
+    """Who did what through the web page or the REST API: logins, configuration changes,
+    sends, deletions, restores."""
+
+    seq = AutoField()
+    date = FloatField(index=True)
+    user = CharField()
+    address = CharField(default="", constraints=[EMPTY])
+    action = CharField()
+    detail = TextField(default="", constraints=[EMPTY])
+    outcome = CharField(default="ok", constraints=[SQL("DEFAULT 'ok'")])
+
+
 def tuples(query: Any) -> list[tuple[Any, ...]]:
     """A query's rows as tuples (peewee's typing calls them model instances)."""
     return list(query.tuples())
 
 
 MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change, Outbound, Export, Trash,
-                                 Heartbeat]
+                                 Heartbeat, Audit]

@@ -166,6 +166,19 @@ def instance_keys(level: str, public_id: str) -> list[int] | None:
     return [key for (key,) in tuples(query.order_by(Instance.id))]
 
 
+def archive_names(instance_keys: list[int]) -> list[tuple[str, str, str]]:
+    """(series label, instance label, storage name) of instances, for a ZIP's entry names."""
+    query = (Instance.select(Series.modality, Series.tags, Instance.tags, Instance.public_id,
+                             Instance.file).join(Series).where(Instance.id.in_(instance_keys))
+             .order_by(Series.id, Instance.id))
+    out = []
+    for modality, series_tags, tags, public_id, name in tuples(query):
+        series = f"{modality or 'XX'}{series_tags.get('SeriesNumber', '')}"
+        number = tags.get("InstanceNumber", "")
+        out.append((series, f"{number or 'x'}-{public_id[:8]}", name))
+    return out
+
+
 def changes(since: int, limit: int) -> dict[str, Any]:
     """Orthanc's ``/changes`` (with our ``Reason``: why a resource was deleted)."""
     rows = list(Change.select().where(Change.seq > since).order_by(Change.seq).limit(limit + 1))

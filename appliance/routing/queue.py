@@ -276,3 +276,26 @@ def exports(since: int, limit: int) -> list[Any]:
 
 def last_export() -> int:
     return int(Export.select(fn.MAX(Export.seq)).scalar() or 0)
+
+
+def study_progress(study_uid: str, destination: str, since: float) -> dict[str, int]:
+    """A send of a study to ``destination`` asked at ``since``: entries still waiting or
+    failed, and outcomes logged since then."""
+    waiting = dict(tuples(
+        Outbound.select(Outbound.state, fn.COUNT(Outbound.id)).join(Instance).join(Series)
+        .join(Study).where(Study.study_uid == study_uid, Outbound.destination == destination)
+        .group_by(Outbound.state)))
+    logged = dict(tuples(
+        Export.select(Export.outcome, fn.COUNT(Export.seq))
+        .where(Export.study_uid == study_uid, Export.destination == destination,
+               Export.date >= since).group_by(Export.outcome)))
+    return {"pending": int(waiting.get("pending", 0) + waiting.get("held", 0)),
+            "failed": int(waiting.get("failed", 0)),
+            "sent": int(logged.get("success", 0) + logged.get("warning", 0)),
+            "refused": int(logged.get("failure", 0))}
+
+
+def recent_failures(limit: int) -> list[Any]:
+    """The latest export attempts that did not succeed."""
+    return list(Export.select().where(Export.outcome.not_in(["success", "warning"]))
+                .order_by(Export.seq.desc()).limit(limit))

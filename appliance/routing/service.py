@@ -7,11 +7,13 @@ import dataclasses
 import time
 from typing import Any
 
-from ..config import ConfigError, Modality, Route, to_dict
+from ..config import ConfigError, Modality, Route, build, to_dict, validated
 from ..configstore import ConfigStore
-from ..index import resources
+from ..dicom import remote
+from ..index import browse, resources
 from ..store import Store
 from . import queue
+from .rules import Rules
 from .worker import Dispatcher
 
 
@@ -64,6 +66,31 @@ class Routing:
                                   f" named {name!r}")
         del current[name]
         self.configs.update({section: current}, who)
+
+    def echo(self, values: dict[str, Any]) -> str:
+        """C-ECHO a modality described by ``values`` (before it is saved): "" on success."""
+        modality = build(Modality, values, "modality")
+        result = remote.echo(self.configs.current.dicom, modality)
+        return "" if result.ok else result.error or "C-ECHO failed"
+
+    def dry_run(self, name: str, values: dict[str, Any], limit: int = 2000
+                ) -> dict[str, int]:
+        """Which studies among the last ``limit`` instances the route ``values`` would have
+        sent (study public ID -> instances matched), as if it were enabled."""
+        current = to_dict(self.configs.current)
+        config = validated({**current, "routes": {name: {**values, "enabled": True}}})
+        rules = Rules(config)
+        matched: dict[str, int] = {}
+        for study_id, tags, origin, file in browse.recent_instances(limit):
+            if rules.match(tags, origin, self.store.area.path(file)):
+                matched[study_id] = matched.get(study_id, 0) + 1
+        return matched
+
+    def progress(self, study_id: str, destination: str, since: float) -> dict[str, int]:
+        study = resources.find("studies", study_id)
+        if study is None:
+            raise UnknownResource(f"unknown resource: studies/{study_id}")
+        return queue.study_progress(study.study_uid, destination, since)
 
     # --- the queue ---------------------------------------------------------------------------
 
@@ -129,6 +156,9 @@ class Routing:
             if not waiting or time.monotonic() >= end:
                 return delivered, refused, waiting
             time.sleep(0.1)
+
+    def recent_failures(self, limit: int = 10) -> list[Any]:
+        return queue.recent_failures(limit)
 
     def exports(self, since: int = 0, limit: int = 100) -> dict[str, Any]:
         """The export log, in Orthanc's ``/exports`` shape (plus our outcome and status)."""

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import QuotaSettings
@@ -175,3 +176,21 @@ class Governor:
                 recycling_for_space = recycling_for_space or reason == "free space"
                 if not self._recycle_one(q, reason):
                     break
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """For the dashboard: what the store holds against its quota and the filesystem."""
+
+    stored: int
+    quota: int  # 0: no size limit
+    free: int
+    total: int
+
+
+def disk_usage(governor: Governor, stored: int) -> DiskUsage:
+    """``stored``: bytes the index counts (the governor's own totals are kept only while a
+    limit is set)."""
+    st = os.statvfs(governor.root)
+    return DiskUsage(stored, int(governor.settings().max_storage_mb * MB),
+                     st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)

@@ -26,6 +26,7 @@ def json_error(error: bottle.HTTPError) -> str:
     )
 
 
+ERROR_CODES = (400, 401, 403, 404, 405, 406, 409, 413, 415, 429, 500, 503, 507)
 Installer = Callable[[bottle.Bottle], None]
 
 
@@ -34,6 +35,8 @@ def create_app(config: Config, store: Store, installers: Sequence[Installer] = (
     app = bottle.Bottle()
     app.config["appliance.config"] = config
     app.config["appliance.store"] = store
+    for code in ERROR_CODES:
+        app.error(code)(json_error)  # an installer may replace them
     resources.install(app, config, store)
     system.install(app, config, store)
     upload.install(app, config, store)
@@ -43,8 +46,6 @@ def create_app(config: Config, store: Store, installers: Sequence[Installer] = (
     for install in installers:
         install(app)
     openapi.install(app)
-    for code in (400, 403, 404, 405, 406, 409, 413, 415, 500, 503, 507):
-        app.error(code)(json_error)
     return app
 
 

@@ -1,5 +1,5 @@
-"""The OpenAPI document of the box, generated from the Bottle routes (``app.routes``) at
-request time, so a route cannot be left out; each operation's summary comes from ``SUMMARIES``
+"""The OpenAPI document of the box's APIs, generated from the Bottle routes (``app.routes``,
+less the admin page's HTML routes) at request time, so a route cannot be left out; each operation's summary comes from ``SUMMARIES``
 or the view's docstring (a test fails when a route has neither)."""
 
 from __future__ import annotations
@@ -95,9 +95,17 @@ def path_of(rule: str) -> tuple[str, list[dict[str, Any]]]:
     return PARAM.sub(lambda m: "{" + m.group(1) + "}", rule), params
 
 
+def is_api(route: bottle.Route) -> bool:
+    """The admin page's HTML routes are not part of the API the document describes."""
+    return not str(getattr(route.callback, "__module__", "")).startswith(PAGES)
+
+
+PAGES = "appliance.web.admin"
+
+
 def document(app: bottle.Bottle) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for route in app.routes:
+    for route in filter(is_api, app.routes):
         path, params = path_of(route.rule)
         operation = {
             "summary": summary(route),

@@ -83,7 +83,7 @@ def install(app: bottle.Bottle, routing: Routing) -> None:
         guarded(lambda: routing.delete_modality(name))
         return _json({})
 
-    @app.post("/modalities/<name>/store")
+    @app.post("/modalities/<name>/store", role="viewer")  # viewers may send to known nodes
     def store(name: str) -> Any:
         """Orthanc's body: an ID, a list of IDs, or ``{"Resources": [...], "Asynchronous",
         "Timeout"}``. Always through the durable queue: asynchronous answers at once with
