@@ -202,13 +202,13 @@ class Store:
             raise render.Undecodable(str(exc) or "pixel decoding timed out") from exc
 
     def files_of(self, level: str, public_id: str) -> list[tuple[str, Path]] | None:
-        """The stored files under a resource, named ``series-folder/instance.dcm`` for an
-        archive (None: no such resource)."""
-        keys = resources.instance_keys(level, public_id)
-        if keys is None:
+        """The stored files under a resource, named ``patient/study/series/MO000001.dcm`` for
+        an archive (None: no such resource)."""
+        row = resources.find(level, public_id)
+        if row is None:
             return None
-        return [(f"{series}/{instance}.dcm", self.area.path(name))
-                for series, instance, name in resources.archive_names(keys)]
+        return [(entry, self.area.path(name))
+                for entry, name in resources.archive_entries(level, row)]
 
     def read_header(self, name: str, tags: Sequence[BaseTag]) -> Dataset:
         """Some elements of a stored file (with its character set), never its pixel data."""

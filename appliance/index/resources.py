@@ -166,19 +166,6 @@ def instance_keys(level: str, public_id: str) -> list[int] | None:
     return [key for (key,) in tuples(query.order_by(Instance.id))]
 
 
-def archive_names(instance_keys: list[int]) -> list[tuple[str, str, str]]:
-    """(series label, instance label, storage name) of instances, for a ZIP's entry names."""
-    query = (Instance.select(Series.modality, Series.tags, Instance.tags, Instance.public_id,
-                             Instance.file).join(Series).where(Instance.id.in_(instance_keys))
-             .order_by(Series.id, Instance.id))
-    out = []
-    for modality, series_tags, tags, public_id, name in tuples(query):
-        series = f"{modality or 'XX'}{series_tags.get('SeriesNumber', '')}"
-        number = tags.get("InstanceNumber", "")
-        out.append((series, f"{number or 'x'}-{public_id[:8]}", name))
-    return out
-
-
 def changes(since: int, limit: int) -> dict[str, Any]:
     """Orthanc's ``/changes`` (with our ``Reason``: why a resource was deleted)."""
     rows = list(Change.select().where(Change.seq > since).order_by(Change.seq).limit(limit + 1))
@@ -244,9 +231,9 @@ def lookup(identifier: str) -> list[dict[str, str]]:
 
 
 def archive_entries(level: str, row: Any) -> list[tuple[str, str]]:
-    """(path in the archive, instance public ID) for every instance below ``row``, laid out
-    as Orthanc lays out its archives: patient/study/series folders."""
-    query = (Instance.select(Instance.public_id, Series.tags, Study.tags,
+    """(path in the archive, storage name) for every instance below ``row``, laid out as
+    Orthanc lays out its archives: patient/study/series folders."""
+    query = (Instance.select(Instance.file, Series.tags, Study.tags,
                              Patient.tags)
              .join(Series, on=Instance.series == Series.id)
              .join(Study, on=Series.study == Study.id)
@@ -255,7 +242,7 @@ def archive_entries(level: str, row: Any) -> list[tuple[str, str]]:
              .order_by(Series.id, Instance.id))
     out: list[tuple[str, str]] = []
     counters: dict[str, int] = {}
-    for public_id, series, study, patient in tuples(query):
+    for file, series, study, patient in tuples(query):
         folder = "/".join((
             _name(patient, "PatientID", "PatientName"),
             _name(study, "StudyDate", "StudyDescription"),
@@ -263,7 +250,7 @@ def archive_entries(level: str, row: Any) -> list[tuple[str, str]]:
         ))
         counters[folder] = counters.get(folder, 0) + 1
         out.append((f"{folder}/{series.get('Modality', 'XX')[:2]}{counters[folder]:06d}.dcm",
-                    public_id))
+                    file))
     return out
 
 

@@ -1,6 +1,7 @@
 """The OpenAPI document of the box's APIs, generated from the Bottle routes (``app.routes``,
-less the admin page's HTML routes) at request time, so a route cannot be left out; each operation's summary comes from ``SUMMARIES``
-or the view's docstring (a test fails when a route has neither)."""
+less the admin page's HTML routes) at request time, so a route cannot be left out; each
+operation's summary comes from ``SUMMARIES`` or the view's docstring (a test fails when a
+route has neither)."""
 
 from __future__ import annotations
 

@@ -3,9 +3,7 @@ routes (``/studies/{id}/series``, ``/series/{id}/patient``, ...)."""
 
 from __future__ import annotations
 
-import zipfile
-from collections.abc import Iterator
-from typing import IO, Any, cast
+from typing import Any
 
 import bottle
 
@@ -13,8 +11,9 @@ from ...config import Config
 from ...dicom import orthanc_json
 from ...dicom.render import NoSuchFrame, Undecodable
 from ...index import resources as index
+from ...storage.archive import zip_stream
 from ...store import Store
-from .common import CHUNK, as_json, fail, found
+from .common import as_json, fail, found
 
 DEFER = 4096  # bytes: longer values are read only if shown (never the pixel data)
 
@@ -53,11 +52,13 @@ def install(app: bottle.Bottle, config: Config, store: Store) -> None:
 
     @app.get("/<level:re:patients|studies|series>/<public_id>/archive")
     def archive(level: str, public_id: str) -> Any:
-        entries = index.archive_entries(level, found(level, public_id))
+        files = store.files_of(level, public_id)
+        if files is None:
+            fail(404, f"unknown resource: {level}/{public_id}")
         bottle.response.content_type = "application/zip"
         bottle.response.set_header("Content-Disposition",
                                    f'attachment; filename="{public_id}.zip"')
-        return zip_stream(store, entries)
+        return zip_stream(files)
 
     @app.get("/<level:re:patients|studies|series|instances>/<public_id>"
              "/<target:re:studies|series|instances|patient|study>")
@@ -79,39 +80,3 @@ CHILDREN = {("patients", "studies"), ("patients", "series"), ("patients", "insta
 PARENTS = {("studies", "patient"): "patients", ("series", "patient"): "patients",
            ("series", "study"): "studies", ("instances", "patient"): "patients",
            ("instances", "study"): "studies", ("instances", "series"): "series"}
-
-
-class _Sink:
-    """A write-only stream zipfile writes into; the generator takes the bytes out."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self.chunks.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        data = b"".join(self.chunks)
-        self.chunks.clear()
-        return data
-
-
-def zip_stream(store: Store, entries: list[tuple[str, str]]) -> Iterator[bytes]:
-    """A ZIP of the stored files, built as it is sent (stored, not deflated: DICOM pixel data
-    hardly compresses and the CPU is small)."""
-    sink = _Sink()
-    with zipfile.ZipFile(cast(IO[bytes], sink), "w", zipfile.ZIP_STORED) as archive:
-        for name, public_id in entries:
-            f = store.open_instance(public_id)
-            if f is None:
-                continue  # deleted since the listing
-            with f, archive.open(name, "w", force_zip64=True) as member:
-                while chunk := f.read(CHUNK):
-                    member.write(chunk)
-                    yield sink.take()
-        yield sink.take()
-    yield sink.take()
