@@ -151,6 +151,7 @@ def serve(configs: ConfigStore) -> int:
     except BaseException:
         appliance.stop()
         raise
-    stop.wait()
+    while not stop.wait(1.0):  # a timed wait: Python runs a signal handler only when the main
+        pass  # thread runs, and a signal taken by another thread does not wake an untimed wait
     appliance.stop()
     return 0

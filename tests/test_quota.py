@@ -73,6 +73,13 @@ def test_nothing_to_free_refuses_with_a700_and_keeps_the_store(appliance_factory
     assert result not in study_uids(app)
     log = app.log()
     assert "store full (max_studies) and nothing can be recycled" in log
+
+    def quota_check() -> dict[str, Any]:
+        checks = app.get("/health").json()["checks"]
+        return dict(next(c for c in checks if c["name"] == "quota"))
+
+    wait_for(lambda: quota_check()["status"] == "failing", 60, "the health check to say full")
+    assert "max_studies" in quota_check()["reason"]
     assert study_uids(app) == set(kept)
     assert app.statistics()["CountInstances"] == 6
     # an instance of a study already stored still fits: only new studies cross the limit

@@ -17,7 +17,7 @@ from ..index import health as index_health
 from ..index.models import database
 from ..routing import queue
 from ..routing.worker import Destination, DestinationState, Dispatcher
-from ..storage.governor import free_bytes
+from ..storage.governor import Governor, free_bytes
 from ..store import Store
 from .checks import Check, State
 
@@ -123,6 +123,16 @@ def disk(folder: Path, settings: HealthSettings) -> Check:
         return Check("disk", "degraded", value,
                      f"{free:.0f} MB free, below {settings.disk_degraded_mb:.0f} MB")
     return Check("disk", "ok", value)
+
+
+def quota(governor: Governor) -> Check:
+    """The store refuses new instances (0xA700) when nothing can be recycled: say so and why."""
+    totals = governor.totals
+    value = {"bytes": totals.bytes, "patients": totals.patients, "studies": totals.studies,
+             "recycled": governor.recycled_total}
+    if governor.full_reason:
+        return Check("quota", "failing", value, f"new instances refused: {governor.full_reason}")
+    return Check("quota", "ok", value)
 
 
 def silent(last: float | None, since: float, limit: float | None, now: float) -> float | None:

@@ -58,6 +58,7 @@ class Monitor:
                    liveness=True)
         health.add("storage", lambda: probes.storage_write(area.tmp))
         health.add("disk", lambda: probes.disk(area.root, self.config.health))
+        health.add("quota", lambda: probes.quota(self.store.governor))
         health.add("sources", lambda: probes.sources(self.dicom.last_seen, self.config.health,
                                                      self.started))
         health.add("destinations", lambda: probes.destinations(self.dispatcher,

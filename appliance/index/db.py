@@ -37,7 +37,7 @@ PRAGMAS = {
     "wal_autocheckpoint": 4000,
 }
 
-SCHEMA_VERSION = 4  # 2: routing, quota; 3: health heartbeat; 4: audit log
+SCHEMA_VERSION = 5  # 2: routing, quota; 3: heartbeat; 4: audit log; 5: reception per AE index
 
 
 def open_database(path: Path) -> SqliteDatabase:

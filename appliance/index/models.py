@@ -95,6 +95,10 @@ class Instance(BaseModel):
     remote_address = CharField(default="", constraints=[EMPTY])
     origin = CharField(default="DicomProtocol", constraints=[SQL("DEFAULT 'DicomProtocol'")])
 
+    class Meta:
+        # the last reception per calling AE title in a few index probes (health, start-up)
+        indexes = ((("calling_aet", "received"), False),)
+
 
 class Change(BaseModel):
     """Orthanc's change log (``/changes``): what happened to which resource, in order."""
