@@ -186,6 +186,22 @@ class HttpSettings:
         "127.0.0.1", "address the HTTP server binds (loopback until accounts are configured)"
     )
     threads: int = setting(4, "HTTP worker threads", min=1, max=64)
+    max_upload_mb: float = setting(
+        1024.0, "largest body POST /instances and STOW-RS accept (megabytes); beyond: 413",
+        min=0.001,
+    )
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    """Python callbacks run by the box (see the README: filter_incoming, on_stored_instance,
+    on_stable_series, on_stable_study, on_change)."""
+
+    path: str = setting("", "Python file defining the callbacks (empty: no hooks)")
+    timeout: float = setting(
+        10.0, "seconds a callback may run; beyond, it is logged and abandoned (an incoming "
+        "filter that times out lets the instance in)", min=0.01,
+    )
 
 
 @dataclass(frozen=True)
@@ -263,6 +279,7 @@ class Config:
     routes: dict[str, Route] = setting({}, "routing rules, by name")
     queue: QueueSettings = setting(QueueSettings(), "the outbound queue")
     quota: QuotaSettings = setting(QuotaSettings(), "the rotating storage quota")
+    hooks: HooksSettings = setting(HooksSettings(), "Python hooks")
     health: HealthSettings = setting(HealthSettings(), "health checks, watchdog and metrics")
     security: SecuritySettings = setting(SecuritySettings(), "accounts and sessions")
 

@@ -93,14 +93,3 @@ def decompress_file(src: str, dst: str) -> str:
         Path(dst).unlink(missing_ok=True)
         return f"{type(exc).__name__}: {exc}"
     return ""
-
-
-def render_preview(src: str) -> tuple[bytes, str]:
-    """A PNG of ``src`` (``dicom/preview.py``, numpy: only ever imported here), or no bytes
-    and why not."""
-    from .dicom.preview import NoPreview, render_png
-
-    try:
-        return render_png(Path(src)), ""
-    except NoPreview as exc:
-        return b"", str(exc)

@@ -19,6 +19,7 @@ from .config import Config
 from .configstore import ConfigStore
 from .dicom.scp import DicomServer
 from .health.service import Monitor
+from .hooks import Hooks
 from .index import audit as audit_log
 from .routing.service import Routing
 from .routing.worker import Dispatcher
@@ -66,6 +67,7 @@ class Appliance:
         self.monitor = Monitor(configs, self.store, self.dispatcher)
         self.dicom: DicomServer | None = None
         self.http: HttpServer | None = None
+        self.hooks: Hooks | None = None
 
     def start(self) -> None:
         """Reconcile first, then resume the outbound queue, then open the ports, then tell
@@ -76,6 +78,8 @@ class Appliance:
         self.dispatcher.start()
         self.dicom = DicomServer(self.configs, self.store, self.monitor.dicom)
         routing = Routing(self.configs, self.store, self.dispatcher)
+        self.hooks = Hooks(self.configs, self.store, routing)
+        self.hooks.start()
         security = self.security()
         services = admin.Services(self.configs, self.store, routing, security)
         self.http = HttpServer(http_config(self.config, security), self.store,
@@ -110,6 +114,8 @@ class Appliance:
             self.dicom.stop(SHUTDOWN_GRACE)
         if self.http is not None:
             self.http.stop()
+        if self.hooks is not None:
+            self.hooks.stop()
         self.dispatcher.stop()
         pixels.worker.stop()
         self.store.stop()

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
-import tempfile
 import typing
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from peewee import SqliteDatabase
 from pydicom import config as pydicom_config
@@ -28,6 +25,7 @@ from pydicom.tag import BaseTag, Tag
 
 from . import pixels
 from .config import Config
+from .dicom import render
 from .index import resources
 from .index.db import Writer, open_database
 from .index.delete import delete_instances, emptied
@@ -69,6 +67,10 @@ class Store:
         self.governor = Governor(root, lambda: self.config.quota, self.delete)
         # told which destinations have new pending entries (after their commit)
         self.on_queued: Callable[[set[str]], None] = lambda destinations: None
+        # asked before a file is adopted: raise BadInstance to refuse it (the hooks' filter)
+        self.admission: Callable[[InstanceTags, Origin, Path], None] = lambda *args: None
+        # told of every instance once committed (must return at once: the hooks queue it)
+        self.on_stored: Callable[[Recorded, InstanceTags, Origin], None] = lambda *args: None
 
     def start(self) -> None:
         self.writer.start()
@@ -91,6 +93,7 @@ class Store:
             tags = read_instance_tags(tmp_path)
             if expected is not None:
                 check_expected(tags, expected)
+            self.admission(tags, origin, tmp_path)
             info = FileInfo("", tmp_path.stat().st_size, md5_file(tmp_path))
             planned = self.rules.match(tags, origin, tmp_path)
             ids = public_ids(tags.patient_id, tags.study_uid, tags.series_uid, tags.sop_uid)
@@ -108,6 +111,7 @@ class Store:
         now = {p.destination for p in planned if p.trigger == "instance"}
         if now and recorded.outcome != "kept-first":
             self.on_queued(now)
+        self.on_stored(recorded, tags, origin)
         return recorded
 
     def _store_file(self, tmp_path: Path, tags: InstanceTags, info: FileInfo, origin: Origin,
@@ -171,54 +175,40 @@ class Store:
         row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
         return open(self.area.path(row.file), "rb") if row else None
 
-    def receive_upload(self, body: BinaryIO, address: str) -> list[tuple[str, Recorded | str]]:
-        """A DICOM file or a ZIP of them sent over HTTP: (name, what was recorded, or why the
-        member was refused) for each. Stored through ``receive``, so routed as any other."""
-        head = body.read(4)
-        if head != b"PK\x03\x04":
-            return [("upload", self._receive_part(chain(head, body), address))]
-        spool = self._spool(chain(head, body))
-        try:
-            with zipfile.ZipFile(spool) as archive:
-                return [(member.filename, self._receive_part(archive.open(member), address))
-                        for member in archive.infolist() if not member.is_dir()]
-        except zipfile.BadZipFile as exc:
-            return [("upload", f"not a valid ZIP archive: {exc}")]
-        finally:
-            spool.unlink(missing_ok=True)
-
-    def _spool(self, body: IO[bytes]) -> Path:
-        fd, name = tempfile.mkstemp(suffix=".part", dir=self.area.tmp)
-        with open(fd, "wb") as out:
-            shutil.copyfileobj(body, out, 1 << 16)
-        return Path(name)
-
-    def _receive_part(self, body: IO[bytes], address: str) -> Recorded | str:
-        try:
-            return self.receive(self._spool(body), Origin(remote_address=address,
-                                                          kind="RestApi"))
-        except BadInstance as exc:
-            return str(exc)
-
-    def files_of(self, level: str, public_id: str) -> list[tuple[str, Path]] | None:
-        """The stored files under a resource, named ``series-folder/instance.dcm`` for an
-        archive (None: no such resource)."""
-        keys = resources.instance_keys(level, public_id)
-        if keys is None:
-            return None
-        return [(f"{series}/{instance}.dcm", self.area.path(name))
-                for series, instance, name in resources.archive_names(keys)]
-
-    def preview(self, public_id: str) -> bytes | None:
-        """A PNG of an instance, rendered in the pixel helper process (None: no such instance;
-        ``PixelError`` when it is not an image that can be decoded)."""
+    def read_instance(self, public_id: str, defer_size: int | None = None) -> Dataset | None:
+        """A stored instance as a dataset (values above ``defer_size`` bytes read only when
+        used, so a header walk never loads the pixel data); None if there is no such instance."""
         row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
         if row is None:
             return None
-        png, error = pixels.worker.run(pixels.render_preview, str(self.area.path(row.file)))
-        if error:
-            raise pixels.PixelError(error)
-        return png
+        return dcmread(self.area.path(row.file), defer_size=defer_size)
+
+    def render(self, public_id: str, index: int, fmt: str = "PNG") -> bytes | None:
+        """Frame ``index`` of an instance as PNG or JPEG (None: no such instance); raises
+        ``Undecodable``. Decoded in the pixel helper process."""
+        return self._pixel_job(public_id, render.render_file, index, fmt)
+
+    def frame(self, public_id: str, index: int) -> bytes | None:
+        """Frame ``index`` of an instance, uncompressed (None: no such instance)."""
+        return self._pixel_job(public_id, render.frame_file, index)
+
+    def _pixel_job(self, public_id: str, fn: Callable[..., bytes], *args: object) -> bytes | None:
+        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
+        if row is None:
+            return None
+        try:
+            return pixels.worker.run(fn, str(self.area.path(row.file)), *args)
+        except (pixels.PixelError, TimeoutError) as exc:
+            raise render.Undecodable(str(exc) or "pixel decoding timed out") from exc
+
+    def files_of(self, level: str, public_id: str) -> list[tuple[str, Path]] | None:
+        """The stored files under a resource, named ``patient/study/series/MO000001.dcm`` for
+        an archive (None: no such resource)."""
+        row = resources.find(level, public_id)
+        if row is None:
+            return None
+        return [(entry, self.area.path(name))
+                for entry, name in resources.archive_entries(level, row)]
 
     def read_header(self, name: str, tags: Sequence[BaseTag]) -> Dataset:
         """Some elements of a stored file (with its character set), never its pixel data."""

@@ -240,6 +240,7 @@ def test_one_destination_down_does_not_delay_the_other(appliance_factory: Any,
         "queue": {"retry_initial": 30},
     }).start()
     storescu(app, *make_series(tmp_path / "in", 30))
+    # storescp logs a request before it answers: the entry goes once the answer is recorded
     wait_for(lambda: received(up) == 30 and pending(app, "up") == 0, 60,
              "the live destination to receive")
     assert pending(app, "down") == 30

@@ -10,12 +10,13 @@ the final word, so every rule lives here once.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Literal
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -423,6 +424,39 @@ def parse_identifier(
     _check_levels(keys, root, level, retrieve)
     keys, combined = combine_date_time(keys)
     return Query(root, level, tuple(keys), combined)
+
+
+def tag_of(name: str) -> BaseTag:
+    """A keyword (``PatientName``) or a tag (``00100010``, ``0010,0010``) as a tag."""
+    text = name.strip().strip("()").replace(",", "")
+    known = tag_for_keyword(text)
+    if known is not None:
+        return Tag(known)
+    if len(text) != 8 or not all(c in string.hexdigits for c in text):
+        raise QueryError(UNSUPPORTED_KEY, f"{name!r} is neither a DICOM keyword nor a tag")
+    return Tag(int(text, 16))
+
+
+def relational_query(level: Level, constraints: dict[str, str], returned: list[str],
+                     fold: Callable[[str], bool]) -> Query:
+    """A query from text values (REST ``/tools/find``, QIDO-RS): keys of the level and the
+    levels above may be constrained, with C-FIND's matching rules; ``fold`` says which VRs
+    match case-insensitively. ``returned`` names more return keys."""
+    keys: dict[BaseTag, Key] = {}
+    for name, text in [*constraints.items(), *((r, "") for r in returned)]:
+        tag = tag_of(name)
+        if tag in keys and not text:
+            continue
+        keyword = keyword_for_tag(tag) or f"({tag.group:04X},{tag.element:04X})"
+        vr = _dictionary_vr(tag)
+        key_level = LEVEL_OF.get(keyword, level)
+        if key_level > level and keyword not in NEUTRAL_KEYS:
+            raise QueryError(IDENTIFIER_MISMATCH, f"{keyword} is below the {level.name} level")
+        values = [text] if vr in ("LT", "ST", "UT") else text.split("\\")
+        keys[tag] = Key(keyword, tag, vr, key_level, key_matcher(vr, values, fold(vr)),
+                        tuple(values))
+    ordered, combined = combine_date_time(list(keys.values()))
+    return Query("patient", level, tuple(ordered), combined)
 
 
 # --- answers ----------------------------------------------------------------------------------

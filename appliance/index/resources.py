@@ -166,19 +166,6 @@ def instance_keys(level: str, public_id: str) -> list[int] | None:
     return [key for (key,) in tuples(query.order_by(Instance.id))]
 
 
-def archive_names(instance_keys: list[int]) -> list[tuple[str, str, str]]:
-    """(series label, instance label, storage name) of instances, for a ZIP's entry names."""
-    query = (Instance.select(Series.modality, Series.tags, Instance.tags, Instance.public_id,
-                             Instance.file).join(Series).where(Instance.id.in_(instance_keys))
-             .order_by(Series.id, Instance.id))
-    out = []
-    for modality, series_tags, tags, public_id, name in tuples(query):
-        series = f"{modality or 'XX'}{series_tags.get('SeriesNumber', '')}"
-        number = tags.get("InstanceNumber", "")
-        out.append((series, f"{number or 'x'}-{public_id[:8]}", name))
-    return out
-
-
 def changes(since: int, limit: int) -> dict[str, Any]:
     """Orthanc's ``/changes`` (with our ``Reason``: why a resource was deleted)."""
     rows = list(Change.select().where(Change.seq > since).order_by(Change.seq).limit(limit + 1))
@@ -194,6 +181,121 @@ def changes(since: int, limit: int) -> dict[str, Any]:
         "Done": len(rows) <= limit,
         "Last": int(last),
     }
+
+
+def last_change() -> dict[str, Any]:
+    """``/changes?last``: the latest change alone."""
+    last = Change.select(fn.MAX(Change.seq)).scalar() or 0
+    return changes(last - 1, 1) if last else changes(0, 0)
+
+
+# --- related resources, lookups and archives (the REST API's parent/children routes) ---------
+
+PARENT = {"studies": "patients", "series": "studies", "instances": "series"}
+ORDER = ("patients", "studies", "series", "instances")
+
+
+def related(level: str, row: Any, target: str) -> list[Any]:
+    """The rows of ``target`` above or below ``row`` (itself when ``target`` is its level)."""
+    rows = [row]
+    while level != target:
+        if ORDER.index(target) > ORDER.index(level):
+            child = LEVELS[CHILD[level]]
+            level = CHILD[level]
+            keys = [r.id for r in rows]
+            rows = list(child.model.select().where(child.parent_field.in_(keys))
+                        .order_by(child.model.id))
+        else:
+            fk = getattr(rows[0], LEVELS[level].parent_field.name + "_id")
+            level = PARENT[level]
+            rows = [LEVELS[level].model.get_by_id(fk)]
+    return rows
+
+
+LOOKUP_COLUMNS = (
+    ("patients", Patient.patient_id), ("studies", Study.study_uid),
+    ("studies", Study.accession_number), ("series", Series.series_uid),
+    ("instances", Instance.sop_uid),
+)  # fmt: skip
+
+
+def lookup(identifier: str) -> list[dict[str, str]]:
+    """Orthanc's ``/tools/lookup``: the resources whose identifying tag is ``identifier``."""
+    out = []
+    for level, column in LOOKUP_COLUMNS:
+        model = LEVELS[level].model
+        for (public_id,) in model.select(model.public_id).where(column == identifier).tuples():
+            out.append({"ID": public_id, "Path": f"/{level}/{public_id}",
+                        "Type": LEVELS[level].name})
+    return out
+
+
+def archive_entries(level: str, row: Any) -> list[tuple[str, str]]:
+    """(path in the archive, storage name) for every instance below ``row``, laid out as
+    Orthanc lays out its archives: patient/study/series folders."""
+    query = (Instance.select(Instance.file, Series.tags, Study.tags,
+                             Patient.tags)
+             .join(Series, on=Instance.series == Series.id)
+             .join(Study, on=Series.study == Study.id)
+             .join(Patient, on=Study.patient == Patient.id)
+             .where(LEVELS[level].model.id == row.id)
+             .order_by(Series.id, Instance.id))
+    out: list[tuple[str, str]] = []
+    counters: dict[str, int] = {}
+    for file, series, study, patient in tuples(query):
+        folder = "/".join((
+            _name(patient, "PatientID", "PatientName"),
+            _name(study, "StudyDate", "StudyDescription"),
+            _name(series, "Modality", "SeriesNumber", "SeriesDescription"),
+        ))
+        counters[folder] = counters.get(folder, 0) + 1
+        out.append((f"{folder}/{series.get('Modality', 'XX')[:2]}{counters[folder]:06d}.dcm",
+                    file))
+    return out
+
+
+def _name(tags: dict[str, str], *keywords: str) -> str:
+    """A folder name from tag values, safe in any file system."""
+    text = " ".join(tags.get(k, "") for k in keywords).strip() or "unknown"
+    return "".join(c if c.isalnum() or c in " ^-_." else "_" for c in text)[:64]
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An instance found by its UIDs (DICOMweb addresses instances by UID)."""
+
+    public_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+
+
+def instance_uids(public_id: str) -> StoredInstance | None:
+    """A stored instance's UIDs, by its public ID."""
+    query = (Instance.select(Instance.public_id, Study.study_uid, Series.series_uid,
+                             Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax)
+             .join(Series, on=Instance.series == Series.id)
+             .join(Study, on=Series.study == Study.id)
+             .where(Instance.public_id == public_id))
+    rows = tuples(query)
+    return StoredInstance(*rows[0]) if rows else None
+
+
+def instances_by_uid(study: str, series: str | None = None,
+                     sop: str | None = None) -> list[StoredInstance]:
+    """The instances of a study, of one of its series, or one instance, in storage order."""
+    query = (Instance.select(Instance.public_id, Study.study_uid, Series.series_uid,
+                             Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax)
+             .join(Series, on=Instance.series == Series.id)
+             .join(Study, on=Series.study == Study.id)
+             .where(Study.study_uid == study))
+    if series is not None:
+        query = query.where(Series.series_uid == series)
+    if sop is not None:
+        query = query.where(Instance.sop_uid == sop)
+    return [StoredInstance(*row) for row in tuples(query.order_by(Instance.id))]
 
 
 def instances_of(identifier: str) -> list[InstanceRef]:

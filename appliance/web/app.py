@@ -12,7 +12,8 @@ from waitress.server import create_server
 
 from ..config import Config
 from ..store import Store
-from .api import resources, system
+from . import dicomweb, openapi
+from .api import content, resources, system, tools, upload
 
 log = logging.getLogger("appliance.web")
 
@@ -25,7 +26,7 @@ def json_error(error: bottle.HTTPError) -> str:
     )
 
 
-ERROR_CODES = (400, 401, 403, 404, 405, 413, 429, 500, 503, 507)
+ERROR_CODES = (400, 401, 403, 404, 405, 406, 409, 413, 415, 429, 500, 503, 507)
 Installer = Callable[[bottle.Bottle], None]
 
 
@@ -38,8 +39,13 @@ def create_app(config: Config, store: Store, installers: Sequence[Installer] = (
         app.error(code)(json_error)  # an installer may replace them
     resources.install(app, config, store)
     system.install(app, config, store)
+    upload.install(app, config, store)
+    content.install(app, config, store)
+    tools.install(app, config, store)
+    dicomweb.install(app, config, store)
     for install in installers:
         install(app)
+    openapi.install(app)
     return app
 
 
@@ -54,6 +60,11 @@ class HttpServer:
             threads=config.http.threads,
             ident="appliance",
             clear_untrusted_proxy_headers=True,
+            # waitress refuses (413) bodies over this before the views see them
+            max_request_body_size=int(config.http.max_upload_mb * 1024 * 1024) + (1 << 20),
+            # a response is buffered in memory up to 8 MB before waitress spills it to a
+            # temporary file: the default (1 MB) halves WADO-RS and archive download rates
+            outbuf_overflow=8 << 20,
         )
 
     @property

@@ -7,7 +7,6 @@ from typing import Any
 
 import bottle
 
-from ..api import preview, upload
 from ..app import ERROR_CODES, json_error
 from ..auth import AuthPlugin, is_page_request, security_headers
 from . import manage, pages
@@ -20,9 +19,6 @@ def install(app: bottle.Bottle, services: Services) -> None:
     app.add_hook("after_request", security_headers)
     pages.install(app, services)
     manage.install(app, services)
-    # minimal POST /instances and preview until issue 7's are merged
-    upload.install(app, services.store)
-    preview.install(app, services.store)
     for code in ERROR_CODES:
         app.error(code)(error_page)
 

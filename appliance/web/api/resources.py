@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,29 +12,12 @@ import bottle
 from ...config import Config
 from ...index import resources as index
 from ...store import Store
+from .common import as_json as _json
+from .common import file_size, opened, stream
+from .common import found as _found
+from .common import int_param as _int_param
 
 LEVEL_PATTERN = "<level:re:patients|studies|series|instances>"
-CHUNK = 1 << 16
-
-
-def _int_param(name: str, default: int | None) -> int | None:
-    raw = bottle.request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        bottle.abort(400, f"'{name}' must be an integer, got {raw!r}")
-    if value < 0:
-        bottle.abort(400, f"'{name}' must not be negative")
-    return value
-
-
-def _found(level: str, public_id: str) -> Any:
-    row = index.find(level, public_id)
-    if row is None:
-        bottle.abort(404, f"unknown resource: {level}/{public_id}")
-    return row
 
 
 def install(app: bottle.Bottle, config: Config, store: Store) -> None:
@@ -91,22 +73,22 @@ def install(app: bottle.Bottle, config: Config, store: Store) -> None:
     def changes() -> Any:
         since = _int_param("since", 0) or 0
         limit = _int_param("limit", 100) or 100
+        if "last" in bottle.request.query:
+            return _json(index.last_change())
         return _json(index.changes(since, min(limit, 10000)))
 
     @app.get("/instances/<public_id>/file")
     def instance_file(public_id: str) -> Iterator[bytes]:
-        f = store.open_instance(public_id)
-        if f is None:
-            bottle.abort(404, f"unknown resource: instances/{public_id}")
+        f = opened(store, public_id)
         bottle.response.content_type = "application/dicom"
-        bottle.response.set_header("Content-Length", str(_size(f)))
-        return _stream(f)
+        bottle.response.set_header("Content-Length", str(file_size(f)))
+        return stream(f)
 
 
 def _protection(body: str) -> tuple[bool, float | None]:
     body = body.strip()
-    if body in ("0", "1"):
-        return body == "1", None
+    if body in ("0", "1", "false", "true"):
+        return body in ("1", "true"), None
     try:
         value = json.loads(body)
         protected = value["Protected"]
@@ -117,18 +99,3 @@ def _protection(body: str) -> tuple[bool, float | None]:
     except (ValueError, KeyError, TypeError, AttributeError):
         bottle.abort(400, 'expected "1", "0" or {"Protected": true, "Until": "YYYYMMDD"}')
     return protected, expiry
-
-
-def _size(f: Any) -> int:
-    return os.fstat(f.fileno()).st_size
-
-
-def _stream(f: Any) -> Iterator[bytes]:
-    with f:
-        while chunk := f.read(CHUNK):
-            yield chunk
-
-
-def _json(value: Any) -> str:
-    bottle.response.content_type = "application/json"
-    return json.dumps(value, indent=2)

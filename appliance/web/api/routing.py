@@ -8,34 +8,20 @@ whole configuration and saved as a new version (400 with the reason when invalid
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import bottle
 
 from ...config import ConfigError
 from ...index import resources
 from ...routing.service import Routing, UnknownResource, modality_json
+from .common import as_json as _json
+from .common import fail
+from .common import json_body as _body
 
 MODALITY_KEYS = {"AET": "aet", "Host": "host", "Port": "port", "Allow": "allow",
                  "Concurrency": "concurrency"}
-
-
-def fail(code: int, message: str) -> NoReturn:
-    raise bottle.HTTPError(code, message)
-
-
-def _json(value: Any) -> str:
-    bottle.response.content_type = "application/json"
-    return json.dumps(value, indent=2)
-
-
-def _body() -> Any:
-    try:
-        return json.loads(bottle.request.body.read() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        fail(400, f"the body is not valid JSON: {exc}")
 
 
 def _object() -> dict[str, Any]:
