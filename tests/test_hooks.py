@@ -147,7 +147,7 @@ def test_worked_examples(appliance_factory: Any, tmp_path: Path) -> None:
     """The README's examples: PET studies go to planning when stable; RT images are kept."""
     planning = StoreSCP(free_port(), tmp_path / "planning", "+B")
     try:
-        examples = ROOT / "examples" / "hooks"
+        examples = ROOT / "tools" / "hooks"
         source = "\n".join((examples / name).read_text()
                            for name in ("pet_to_planning.py", "keep_treatment_images.py"))
         app = hooked(appliance_factory, tmp_path, source, modalities={

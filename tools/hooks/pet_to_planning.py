@@ -1,7 +1,7 @@
 """Send every PET study to the planning system once it is stable (all its images arrived).
 
 Configuration: a modality named "planning" (``PUT /modalities/planning``) and
-``"hooks": {"path": "examples/hooks/pet_to_planning.py"}``. The send goes through the durable
+``"hooks": {"path": "tools/hooks/pet_to_planning.py"}``. The send goes through the durable
 outbound queue: a planning system that is down receives the study when it is back.
 """
 

@@ -1,7 +1,7 @@
 """Keep in-room treatment images: every study with an RT object (RT Image, Plan, Record, ...)
 is protected against recycling, and the instance is noted in the log for the physicists.
 
-Configuration: ``"hooks": {"path": "examples/hooks/keep_treatment_images.py"}``.
+Configuration: ``"hooks": {"path": "tools/hooks/keep_treatment_images.py"}``.
 """
 
 import logging
