@@ -29,7 +29,6 @@ from .dicom import render
 from .index import resources
 from .index.db import Writer, open_database
 from .index.delete import delete_instances, emptied
-from .index.ids import public_ids
 from .index.ingest import FileInfo, Origin, Queued, Recorded, forget_parents, record_instance
 from .index.models import Instance
 from .index.quota import set_protected
@@ -96,8 +95,7 @@ class Store:
             self.admission(tags, origin, tmp_path)
             info = FileInfo("", tmp_path.stat().st_size, md5_file(tmp_path))
             planned = self.rules.match(tags, origin, tmp_path)
-            ids = public_ids(tags.patient_id, tags.study_uid, tags.series_uid, tags.sop_uid)
-            reserved = self.governor.admit(info.size, ids.study, ids.patient)
+            reserved = self.governor.admit(info.size, tags)
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise

@@ -189,6 +189,17 @@ def storescu(app: ApplianceProcess, *files: str | Path, options: tuple[str, ...]
 
 # --- test data -------------------------------------------------------------------------------
 
+def identifier(level: str, **keys: object) -> Any:
+    """A query/retrieve identifier: QueryRetrieveLevel and the given keys."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
 def pydicom_file(name: str) -> Path:
     from pydicom.data import get_testdata_file
 

@@ -3,7 +3,7 @@ an SCU where exact statuses matter, and Orthanc as the querying PACS."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from .conftest import (
     storescu,
     wait_for,
 )
+from .conftest import identifier as ident
 from .peers import Orthanc, StoreSCP
 
 pytestmark = pytest.mark.integration
@@ -142,14 +143,6 @@ def pynetdicom_move(app: ApplianceProcess, identifier: Dataset, destination: str
                                       sc.StudyRootQueryRetrieveInformationModelMove))
     finally:
         assoc.release()
-
-
-def ident(level: str, **keys: Any) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 @pytest.fixture
@@ -365,32 +358,37 @@ def test_cancel_move(big_app: ApplianceProcess, storescp: StoreSCP) -> None:
     assert len(storescp.files()) == final.NumberOfCompletedSuboperations
 
 
+def pynetdicom_get(app: ApplianceProcess, model: str, identifier: Dataset,
+                   on_store: Callable[[Any], int], msg_id: int = 1) -> list[Any]:
+    """C-GET of CT instances with pynetdicom (exact statuses); ``on_store`` answers each."""
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(model)
+    ae.add_requested_context(sc.CTImageStorage)
+    assoc = ae.associate("127.0.0.1", app.dicom_port, ae_title=app.aet,
+                         ext_neg=[build_role(sc.CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        return list(assoc.send_c_get(identifier, model, msg_id=msg_id))
+    finally:
+        assoc.release()
+
+
 def test_cancel_get(big_app: ApplianceProcess) -> None:
     """A C-CANCEL sent by the C-GET requestor while it receives the instances (it arrives
     where the appliance waits for a C-STORE response) ends the retrieve with 0xFE00."""
-    ae = AE(ae_title="FINDSCU")
-    ae.add_requested_context(sc.StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(sc.CTImageStorage)
+    model = sc.StudyRootQueryRetrieveInformationModelGet
     received: list[str] = []
 
     def on_store(event: Any) -> int:
         received.append(event.request.AffectedSOPInstanceUID)
         if len(received) == 5:
-            cx = event.assoc._get_valid_context(sc.StudyRootQueryRetrieveInformationModelGet,
-                                                "", "scu")
+            cx = event.assoc._get_valid_context(model, "", "scu")
             event.assoc.send_c_cancel(9, cx.context_id)
         return 0x0000
 
-    assoc = ae.associate("127.0.0.1", big_app.dicom_port, ae_title=big_app.aet,
-                         ext_neg=[build_role(sc.CTImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    try:
-        responses = list(assoc.send_c_get(ident("STUDY", StudyInstanceUID=BIG),
-                                          sc.StudyRootQueryRetrieveInformationModelGet,
-                                          msg_id=9))
-    finally:
-        assoc.release()
+    responses = pynetdicom_get(big_app, model, ident("STUDY", StudyInstanceUID=BIG), on_store,
+                               msg_id=9)
     final = responses[-1][0]
     assert final.Status == 0xFE00
     assert final.NumberOfCompletedSuboperations == len(received) < 300
@@ -509,24 +507,14 @@ def test_getscu_study(world: World) -> None:
 
 
 def test_get_counts_with_pynetdicom(world: World) -> None:
-    ae = AE(ae_title="FINDSCU")
-    ae.add_requested_context(sc.PatientRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(sc.CTImageStorage)
     received: list[str] = []
 
     def on_store(event: Any) -> int:
         received.append(event.request.AffectedSOPInstanceUID)
         return 0x0000
 
-    assoc = ae.associate("127.0.0.1", world.app.dicom_port, ae_title=world.app.aet,
-                         ext_neg=[build_role(sc.CTImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    try:
-        responses = list(assoc.send_c_get(ident("STUDY", PatientID="P_2", StudyInstanceUID=S2),
-                                          sc.PatientRootQueryRetrieveInformationModelGet))
-    finally:
-        assoc.release()
+    responses = pynetdicom_get(world.app, sc.PatientRootQueryRetrieveInformationModelGet,
+                               ident("STUDY", PatientID="P_2", StudyInstanceUID=S2), on_store)
     final = responses[-1][0]
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3
     assert len(set(received)) == 3

@@ -20,13 +20,7 @@ from appliance.dicom.query import (
     parse_identifier,
 )
 
-
-def identifier(level: str, **keys: object) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
+from .conftest import identifier
 
 
 @pytest.mark.parametrize(

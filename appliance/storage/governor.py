@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ..config import QuotaSettings
 from ..index import quota
-from ..index.tags import BadInstance
+from ..index.ids import public_ids
+from ..index.tags import BadInstance, InstanceTags
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,14 @@ class Governor:
 
     # --- the ingest path -----------------------------------------------------------------------
 
-    def admit(self, size: int, study: str, patient: str) -> bool:
-        """Make room for an instance of ``size`` bytes of ``study``/``patient`` (public IDs),
-        recycling what must be; raise ``StoreFull`` when nothing can be. Returns whether a
-        reservation was made (then ``settle`` must follow)."""
+    def admit(self, size: int, tags: InstanceTags) -> bool:
+        """Make room for an instance of ``size`` bytes, recycling what must be; raise
+        ``StoreFull`` when nothing can be. Returns whether a reservation was made (then
+        ``settle`` must follow)."""
         if not self.limited():
             return False
+        ids = public_ids(tags.patient_id, tags.study_uid, tags.series_uid, tags.sop_uid)
+        study, patient = ids.study, ids.patient
         with self.lock:
             new_study = not quota.study_exists(study)
             new_patient = new_study and not quota.patient_exists(patient)
