@@ -161,6 +161,31 @@ class Accounts:
                 for u in self.users() for t in u.tokens]
 
 
+class LocalToken:
+    """The secret of commands run on the box itself (``appliance protect|delete`` beside a
+    running appliance): a new one at each start, in ``<data>/security/local-token.json``
+    (mode 0600) with the URL to use it on. Whoever can read it can already change the files
+    it guards."""
+
+    def __init__(self, data_dir: Path, url: str) -> None:
+        self.value = secrets.token_urlsafe(32)
+        write_json(local_token_path(data_dir), {"token": self.value, "url": url}, mode=0o600)
+
+    def matches(self, candidate: str) -> bool:
+        return hmac.compare_digest(self.value, candidate)
+
+
+def local_token_path(data_dir: Path) -> Path:
+    return data_dir / "security" / "local-token.json"
+
+
+def read_local_token(data_dir: Path) -> tuple[str, str]:
+    """The running appliance's local token and URL (``OSError``, ``ValueError`` or
+    ``KeyError`` when they cannot be read)."""
+    value = json.loads(local_token_path(data_dir).read_text(encoding="utf-8"))
+    return str(value["token"]), str(value["url"])
+
+
 class SetupToken:
     """The one-time secret that lets the first administrator be created (no default
     password): printed to the console and the log at start while there is no administrator."""

@@ -1,5 +1,6 @@
-"""The ``appliance`` command: serve, fsck, reindex, check-config, and the SCU commands (echo,
-send, query, retrieve)."""
+"""The ``appliance`` command: serve, fsck, reindex, check-config, user, health, the SCU
+commands (echo, send, query, retrieve) and the store's operations (protect, unprotect, delete:
+``cli_manage``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, log
+from .cli_manage import add_parsers
 from .config import Config, ConfigError, describe, to_dict
 from .configstore import ConfigStore
 
@@ -381,6 +383,7 @@ def parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=10.0, metavar="S",
                         help="seconds to wait for the answer")
     _scu_parsers(command)
+    add_parsers(command)
     return p
 
 

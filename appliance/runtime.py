@@ -14,10 +14,11 @@ from types import FrameType
 from systemd import daemon
 
 from . import pixels
-from .accounts import Accounts
+from .accounts import Accounts, LocalToken
 from .config import Config
 from .configstore import ConfigStore
 from .dicom.scp import DicomServer
+from .health.probes import loopback
 from .health.service import Monitor
 from .hooks import Hooks
 from .index import audit as audit_log
@@ -104,7 +105,7 @@ class Appliance:
             store.writer.run(lambda: audit_log.record(user, address, action, detail, outcome))
 
         return Security(Accounts(self.config.data_dir), lambda: self.configs.current.security,
-                        audit)
+                        audit, LocalToken(self.config.data_dir, local_url(self.config)))
 
     def stop(self) -> None:
         daemon.notify("STOPPING=1")
@@ -124,6 +125,12 @@ class Appliance:
 
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def local_url(config: Config) -> str:
+    """Where a command run on this machine reaches our web server."""
+    host = loopback(config.http.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{config.http.port}"
 
 
 def http_config(config: Config, security: Security) -> Config:

@@ -147,7 +147,11 @@ class Store:
         """Delete a patient, study, series or instance with everything under it (None: no
         such resource); recorded in the change log with ``reason``."""
         keys = resources.instance_keys(level, public_id)
-        return None if keys is None else self.delete(keys, reason)
+        if keys is None:
+            return None
+        deleted = self.delete(keys, reason)
+        self.governor.recount()
+        return deleted
 
     def protect(self, level: str, public_id: str, protected: bool,
                 until: float | None = None) -> bool:

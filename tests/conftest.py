@@ -145,10 +145,14 @@ class ApplianceProcess:
     def statistics(self) -> dict[str, Any]:
         return dict(self.json("/statistics"))
 
-    def fsck(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "appliance", "fsck", "--data",
+    def cli(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """``appliance COMMAND --data <its data> ARGS`` (beside it, or while it is stopped)."""
+        return subprocess.run([sys.executable, "-m", "appliance", command, "--data",
                                str(self.data), *args], capture_output=True, text=True,
                               timeout=300, cwd=ROOT)
+
+    def fsck(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("fsck", *args)
 
 
 @pytest.fixture

@@ -170,6 +170,39 @@ def test_retention_by_age_and_modality_and_pins_with_expiry(appliance_factory: A
     assert reasons == {"recycled: retention 2.31481e-05 days (MR)"}
 
 
+def test_protect_and_delete_from_the_command_line(appliance_factory: Any,
+                                                  tmp_path: Path) -> None:
+    """Beside the running box (through its API, with the local token) and on a stopped one
+    (straight to the store); by UID or Orthanc ID; the quota then obeys the pins."""
+    app = appliance_factory(config={"quota": {"max_studies": 2}}).start()
+    a, b = (send_study(app, tmp_path / f"s{i}", patient=f"P{i}") for i in range(2))
+    result = app.cli("protect", a, "--until", "20991231")
+    assert result.returncode == 0, result.stderr
+    assert "protected until the end of 20991231" in result.stdout
+    assert app.get(f"/studies/{study_id(app, a)}/protected").text == "1"
+    b_id = study_id(app, b)
+    assert app.cli("delete", b_id).returncode == 2, "--yes is required"
+    result = app.cli("delete", b_id, "--yes")
+    assert result.returncode == 0, result.stderr
+    assert study_uids(app) == {a}
+    assert any(c["ChangeType"] == "Deleted" and c["ID"] == b_id
+               for c in app.json("/changes?limit=1000")["Changes"])
+    c, d = (send_study(app, tmp_path / f"n{i}", patient=f"N{i}") for i in range(2))
+    assert study_uids(app) == {a, d}, "the pinned study stays, the oldest other goes"
+    series_uid = app.json(f"/studies/{study_id(app, d)}/series")[0]["MainDicomTags"][
+        "SeriesInstanceUID"]
+    app.stop()
+    result = app.cli("unprotect", a)
+    assert result.returncode == 0 and "no longer protected" in result.stdout, result.stderr
+    for unknown in ("1.2.3.4.5", series_uid):  # series cannot be pinned (as in Orthanc)
+        refused = app.cli("protect", unknown)
+        assert refused.returncode == 2, refused.stdout
+        assert f"no patients or studies {unknown!r}" in refused.stderr
+    app.start()
+    last = send_study(app, tmp_path / "last", patient="L")
+    assert study_uids(app) == {d, last}, "unpinned while stopped: recycled first"
+
+
 def test_bad_protection_body(appliance: ApplianceProcess, tmp_path: Path) -> None:
     send_study(appliance, tmp_path / "s")
     (sid,) = appliance.json("/studies")

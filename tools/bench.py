@@ -1589,10 +1589,66 @@ def write_forward_json(r: ForwardResults, text: str) -> Path:
 # --- quota (issue 5) ------------------------------------------------------------------------
 
 @dataclass
+class DeleteStall:
+    """C-STORE round trips of a feed over one association while a big study is deleted."""
+
+    instances: int  # in the deleted study
+    seconds: float  # the DELETE request, end to end
+    median_ms: float  # before the deletion
+    worst_ms: float  # while it ran
+
+
+@dataclass
 class QuotaResults(RunInfo):
     cells: list[Cell]  # into an empty store, then into the same store full and recycling
     recycled_studies: int
     errors: list[str]
+    stall: DeleteStall | None = None
+
+
+def measure_delete_stall(lab: Lab, data: DataSet, feed_file: Path) -> DeleteStall:
+    """Store one study of ``data.files`` instances, then DELETE it through the REST API while
+    pynetdicom feeds copies of ``feed_file`` (new SOP Instance UIDs) over one association."""
+    import threading
+
+    import pydicom
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE
+
+    template = pydicom.dcmread(feed_file)
+    latencies: list[tuple[float, float]] = []  # (end, seconds)
+    stop = threading.Event()
+    with lab.running(Appliance) as server:
+        assert isinstance(server, Appliance)
+        send(server, data.parts())
+        (study,) = requests.get(f"http://{LOOPBACK}:{server.http_port}/studies", timeout=30,
+                                headers=server.headers).json()
+        ae = AE(ae_title="BENCHFEED")
+        ae.add_requested_context(template.SOPClassUID, template.file_meta.TransferSyntaxUID)
+        assoc = ae.associate(LOOPBACK, server.dicom_port, ae_title=server.aet)
+
+        def feed() -> None:
+            while not stop.is_set():
+                template.SOPInstanceUID = generate_uid()
+                started = time.perf_counter()
+                assoc.send_c_store(template)
+                latencies.append((time.perf_counter(), time.perf_counter() - started))
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        time.sleep(2)
+        started = time.perf_counter()
+        requests.delete(f"http://{LOOPBACK}:{server.http_port}/studies/{study}", timeout=600,
+                        headers=server.headers).raise_for_status()
+        ended = time.perf_counter()
+        time.sleep(1)
+        stop.set()
+        feeder.join()
+        assoc.release()
+    before = [s for at, s in latencies if at < started]
+    during = [s for at, s in latencies if started <= at <= ended + 0.5]
+    return DeleteStall(data.files, ended - started, statistics.median(before) * 1000,
+                       max(during) * 1000)
 
 
 def run_quota(quick: bool, lab: Lab) -> QuotaResults:
@@ -1616,6 +1672,9 @@ def run_quota(quick: bool, lab: Lab) -> QuotaResults:
         stats = server.statistics() if isinstance(server, Appliance) else None
         r.recycled_studies = spec.studies * 2 - int((stats or {}).get("CountStudies", 0))
         r.cells = [empty, full]
+    big = generate(replace(spec, name="one-study", studies=1, series=1))
+    r.stall = attempt(r.errors, "delete stall", measure_delete_stall, lab, big,
+                      next(first.parts()[0].iterdir()))
     return r
 
 
@@ -1628,6 +1687,13 @@ def quota_report(r: QuotaResults) -> str:
     for cell in r.cells:
         out.append(f"  {cell.note:60} {cell.rate:8.1f} inst/s  peak {cell.peak_rss_mib:.1f} MiB")
     out.append(f"  studies recycled: {r.recycled_studies}")
+    if r.stall:
+        st = r.stall
+        out += ["", f"Deleting a study of {st.instances} instances (REST DELETE,"
+                f" {st.seconds:.2f} s) while pynetdicom feeds tiny instances over one"
+                " association:",
+                f"  C-STORE round trip: median {st.median_ms:.1f} ms before, longest"
+                f" {st.worst_ms:.1f} ms during the deletion"]
     target = Target("full, recycling / empty (tiny x1)",
                     ratio(rate_of(full), rate_of(empty)), 0.8, "x", True)
     out += ["", "Targets", target.line()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,12 @@ def study_exists(public_id: str) -> bool:
 
 def patient_exists(public_id: str) -> bool:
     return bool(Patient.select().where(Patient.public_id == public_id).exists())
+
+
+def pin_expiry(until: str) -> float:
+    """The end of day ``until`` (YYYYMMDD, local time): when a pin given that date expires
+    (``ValueError`` when malformed)."""
+    return time.mktime(time.strptime(until, "%Y%m%d")) + 86400
 
 
 def set_protected(level: str, public_id: str, protected: bool, until: float | None) -> bool:

@@ -230,6 +230,15 @@ def lookup(identifier: str) -> list[dict[str, str]]:
     return out
 
 
+def resolve(identifier: str) -> list[tuple[str, str]]:
+    """(level, public ID) of what ``identifier`` names: an Orthanc ID of any level, else the
+    resources ``lookup`` finds (UIDs, PatientID, AccessionNumber)."""
+    for level in LEVELS:
+        if find(level, identifier) is not None:
+            return [(level, identifier)]
+    return [(found["Path"].split("/")[1], found["ID"]) for found in lookup(identifier)]
+
+
 def archive_entries(level: str, row: Any) -> list[tuple[str, str]]:
     """(path in the archive, storage name) for every instance below ``row``, laid out as
     Orthanc lays out its archives: patient/study/series folders."""

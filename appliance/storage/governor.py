@@ -74,6 +74,12 @@ class Governor:
         q = self.settings()
         return bool(q.max_storage_mb or q.max_patients or q.max_studies or q.free_low_mb)
 
+    def recount(self) -> None:
+        """After a deletion the governor did not make: its room counts at once."""
+        if self.limited():
+            with self.lock:
+                self.totals = quota.totals()
+
     # --- the ingest path -----------------------------------------------------------------------
 
     def admit(self, size: int, tags: InstanceTags) -> bool:

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import bottle
 
-from ..accounts import AccountError, Accounts, SetupToken, User
+from ..accounts import AccountError, Accounts, LocalToken, SetupToken, User
 from ..config import SecuritySettings
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ PRE_COOKIE = "appliance_csrf"  # double-submit token of the login and setup form
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PRINCIPAL = "appliance.principal"
 AUDIT = "appliance.audit"  # what a view says it did, for the audit log
+LOCAL_USER = "(local)"  # commands run on the box (no account name can have parentheses)
 
 Audit = Callable[[str, str, str, str, str], None]  # user, address, action, detail, outcome
 
@@ -128,8 +129,9 @@ class Security:
     """Accounts, sessions, the login limiter and the setup token, for the plugin and pages."""
 
     def __init__(self, accounts: Accounts, settings: Callable[[], SecuritySettings],
-                 audit: Audit) -> None:
+                 audit: Audit, local: LocalToken | None = None) -> None:
         self.accounts = accounts
+        self.local = local
         self.settings = settings
         self.audit = audit
         self.sessions = Sessions()
@@ -167,6 +169,8 @@ class Security:
         header = bottle.request.get_header("Authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer":
+            if self.local is not None and self.local.matches(value.strip()):
+                return Principal(LOCAL_USER, "admin", "token")
             user = self.accounts.by_token(value.strip())
             return Principal(user.name, user.role, "token") if user else None
         if scheme.lower() == "basic":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import bottle
 
 from ...config import Config
 from ...index import resources as index
+from ...index.quota import pin_expiry
 from ...store import Store
 from .common import as_json as _json
 from .common import file_size, opened, stream
@@ -95,7 +95,7 @@ def _protection(body: str) -> tuple[bool, float | None]:
         until = value.get("Until")
         if not isinstance(protected, bool):
             raise TypeError
-        expiry = (time.mktime(time.strptime(until, "%Y%m%d")) + 86400 if until else None)
+        expiry = pin_expiry(until) if until else None
     except (ValueError, KeyError, TypeError, AttributeError):
         bottle.abort(400, 'expected "1", "0" or {"Protected": true, "Until": "YYYYMMDD"}')
     return protected, expiry
