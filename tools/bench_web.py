@@ -52,22 +52,23 @@ def multipart(files: list[Path], boundary: str) -> Iterator[bytes]:
     yield f"--{boundary}--\r\n".encode()
 
 
-def stow(url: str, files: list[Path], batch: int) -> None:
+def stow(url: str, files: list[Path], batch: int, auth: dict[str, str]) -> None:
     for start in range(0, len(files), batch):
         boundary = uuid.uuid4().hex
         r = requests.post(f"{url}/dicom-web/studies", data=multipart(files[start:start + batch],
                                                                      boundary),
                           headers={"Content-Type": f'multipart/related; type="application/dicom";'
                                                    f" boundary={boundary}",
-                                   "Accept": "application/dicom+json"}, timeout=600)
+                                   "Accept": "application/dicom+json", **auth}, timeout=600)
         if r.status_code != 200:
             raise RuntimeError(f"STOW-RS answered {r.status_code}: {r.text[:300]}")
 
 
-def wado(url: str, study: str) -> int:
+def wado(url: str, study: str, auth: dict[str, str]) -> int:
     """Retrieve a study; the bytes received."""
     with requests.get(f"{url}/dicom-web/studies/{study}", stream=True, timeout=600, headers={
-            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}) as r:
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
+            **auth}) as r:
         r.raise_for_status()
         return sum(len(c) for c in r.iter_content(CHUNK))
 
@@ -91,16 +92,18 @@ def measure(make: Callable[[Path], bench.Server], data: bench.DataSet, batch: in
     server.start()
     try:
         url = f"http://{bench.LOOPBACK}:{server.http_port}"
+        auth = getattr(server, "headers", {})  # the appliance's credentials
         parts = [sorted(p.iterdir()) for p in data.parts()]
         with ThreadPoolExecutor(len(parts)) as pool:
-            elapsed = timed(lambda: list(pool.map(lambda f: stow(url, f, batch), parts)))
+            elapsed = timed(lambda: list(pool.map(lambda f: stow(url, f, batch, auth), parts)))
         bench.verify(server, data.files)
         out["stow_rs_per_s"] = data.files / elapsed
         studies = [s["0020000D"]["Value"][0] for s in
-                   requests.get(f"{url}/dicom-web/studies", timeout=60).json()]
+                   requests.get(f"{url}/dicom-web/studies", timeout=60, headers=auth).json()]
         with ThreadPoolExecutor(4) as pool:
             received: list[int] = []
-            elapsed = timed(lambda: received.extend(pool.map(lambda s: wado(url, s), studies)))
+            elapsed = timed(lambda: received.extend(pool.map(lambda s: wado(url, s, auth),
+                                                             studies)))
         out["wado_rs_per_s"] = data.files / elapsed
         out["wado_rs_mb_per_s"] = sum(received) / bench.MB / elapsed
     finally:
