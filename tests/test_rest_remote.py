@@ -61,7 +61,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("rest-remote")
     dest_port, orthanc_port = free_port(), free_port()
     node = {"host": "127.0.0.1"}
-    app = ApplianceProcess(root / "data", config={"modalities": {
+    app = ApplianceProcess(root / "data", config={"dicom": {"query_retrieve_size": 20},
+                                                  "modalities": {
         "orthanc": {"aet": "ORTHANC", "port": orthanc_port, **node},
         "dest": {"aet": "DEST", "port": dest_port, **node},
         "down": {"aet": "DOWN", "port": free_port(), **node},
@@ -157,6 +158,16 @@ def test_query_at_series_level_with_wildcards(world: World) -> None:
     assert world.app.json(f"/queries/{query_id}/answers") == []
 
 
+def test_the_oldest_queries_are_forgotten(world: World) -> None:
+    """``dicom.query_retrieve_size`` (20 here) queries are held, as Orthanc's
+    QueryRetrieveSize."""
+    made = [world.query({"Level": "Patient", "Query": {"PatientID": f"RQ{i}"}})
+            for i in range(21)]
+    assert world.app.json("/queries") == made[1:]
+    assert world.app.get(f"/queries/{made[0]}/answers").status_code == 404
+    assert world.app.json(f"/queries/{made[2]}/answers/0/content?simplify")["PatientID"] == "RQ2"
+
+
 def test_normalize_drops_keys_below_the_level(world: World) -> None:
     """Normalize (the default): keys below the level are not sent, the level's identifying
     keys are; without it the keys go as given."""
@@ -203,6 +214,9 @@ def test_retrieve_an_answer_lands_in_the_box(world: World) -> None:
     assert (done["TargetAet"], done["RemoteAet"], done["Completed"]) == (
         "APPLIANCE", "ORTHANC", 1)
     assert done["Query"] == [{"0008,0052": "STUDY", "0020,000d": B}]
+    assert study_count(world.app.json, "RQ2", B) == 1
+    r = world.post(f"/queries/{query_id}/retrieve")  # again, to us by default
+    assert r.status_code == 200 and r.json()["TargetAet"] == "APPLIANCE", r.text
     assert study_count(world.app.json, "RQ2", B) == 1
 
 
@@ -280,6 +294,10 @@ def test_bad_retrieve_bodies_are_400(world: World) -> None:
     for body in ({"RetrieveMethod": "C-SEND"}, {"TargetAet": 7}, {"Colour": "red"}):
         r = world.post(f"/queries/{query_id}/retrieve", json=body)
         assert r.status_code == 400, (body, r.text)
+    # without its StudyInstanceUID, an answer would ask to move every study
+    query_id = world.query({"Level": "Study", "Normalize": False, "Query": {"PatientID": "RQ2"}})
+    r = world.post(f"/queries/{query_id}/answers/0/retrieve")
+    assert r.status_code == 400 and "without StudyInstanceUID" in r.json()["Message"]
 
 
 def test_unknown_modality_query_and_answer_are_404(world: World) -> None:

@@ -1,7 +1,8 @@
 """Query/retrieve on remote modalities for the REST API (Orthanc's ``/modalities/{id}/echo|
 query|move|get`` and ``/queries``): runs the SCU services of ``remote.py`` and holds the
-answers of the last ``MAX_QUERIES`` queries in memory (Orthanc's ``QueryRetrieveSize``), so
-a client can read and retrieve them afterwards. The web layer only translates HTTP.
+answers of the last ``dicom.query_retrieve_size`` queries in memory (Orthanc's
+``QueryRetrieveSize``), so a client can read and retrieve them afterwards. The web layer only
+translates HTTP.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from ..store import Store
 from . import remote
 from .handlers import receiver
 from .query import LEVEL_OF, NEUTRAL_KEYS, UNIQUE_KEYS, Level, QueryError, tag_of
-
-MAX_QUERIES = 100
 
 # Orthanc's level names -> the QueryRetrieveLevel values (PS3.4 C.6.1.1.2, C.6.2.1.2).
 LEVELS = {"patient": "PATIENT", "study": "STUDY", "series": "SERIES", "instance": "IMAGE"}
@@ -115,11 +114,21 @@ def normalized(level: str, keys: dict[str, str]) -> dict[str, str]:
     return kept
 
 
+def identifying(answer: Dataset, level: str) -> dict[str, str]:
+    """The keys that name an answer in a retrieve request; an answer without them cannot be
+    retrieved (an empty key would match, and move, everything)."""
+    keys = {k: str(answer.get(k, "") or "") for k in RETRIEVE_KEYS[level]}
+    missing = [k for k, v in keys.items() if not v]
+    if missing:
+        raise remote.BadQuery(f"an answer without {', '.join(missing)} cannot be retrieved "
+                              "(ask for it in the query, or keep Normalize)")
+    return keys
+
+
 class QueryRetrieve:
-    def __init__(self, configs: ConfigStore, store: Store, limit: int = MAX_QUERIES) -> None:
+    def __init__(self, configs: ConfigStore, store: Store) -> None:
         self.configs = configs
         self.store = store
-        self.limit = limit
         self._queries: OrderedDict[str, HeldQuery] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -166,7 +175,7 @@ class QueryRetrieve:
     def _hold(self, query: HeldQuery) -> HeldQuery:
         with self._lock:
             self._queries[query.id] = query
-            while len(self._queries) > self.limit:
+            while len(self._queries) > self.configs.current.dicom.query_retrieve_size:
                 self._queries.popitem(last=False)
         return query
 
@@ -201,8 +210,7 @@ class QueryRetrieve:
         ``target_aet`` (default: us), or C-GET into the store."""
         query = self.held(query_id)
         answers = query.answers if index is None else [self.answer(query_id, index)]
-        resources = [{k: str(a.get(k, "")) for k in RETRIEVE_KEYS[query.level]}
-                     for a in answers]
+        resources = [identifying(a, query.level) for a in answers]
         level = ORTHANC_LEVELS[query.level]
         timeout = timeout or query.timeout
         if use_get:
