@@ -336,6 +336,8 @@ def test_viewers_may_echo_and_query_not_retrieve(world: World) -> None:
                        ("/modalities/orthanc/move", STUDY_A),
                        ("/modalities/orthanc/get", STUDY_A)):
         assert post(path, body).status_code == 403, path
+    r = requests.delete(f"{world.app.url}/queries/{query_id}", auth=VIEWER, timeout=30)
+    assert r.status_code == 200 and query_id not in world.app.json("/queries")
     assert requests.post(world.app.url + "/modalities/orthanc/echo",
                          timeout=30).status_code == 401
 

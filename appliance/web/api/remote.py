@@ -142,8 +142,9 @@ def plain(text: str) -> str:
 def install(app: bottle.Bottle, service: QueryRetrieve) -> None:
     @app.post("/modalities/<name>/echo", role="viewer")
     def echo(name: str) -> Any:
-        """C-ECHO a remote node: ``{}``, or 500 with the reason (optional body ``{"Timeout",
-        "CheckFind"}``)"""
+        """C-ECHO a remote node: ``{}``, or 500 with the reason
+
+        Optional body: ``{"Timeout", "CheckFind"}`` (CheckFind: also a C-FIND, as Orthanc)."""
         body = optional_body(ECHO_KEYS)
         error = guarded(lambda: service.echo(name, body.get("Timeout"),
                                              bool(body.get("CheckFind"))))
@@ -233,8 +234,10 @@ def install(app: bottle.Bottle, service: QueryRetrieve) -> None:
     @app.post("/queries/<query_id>/retrieve")
     @app.post("/queries/<query_id>/answers/<index:int>/retrieve")
     def retrieve(query_id: str, index: int | None = None) -> Any:
-        """Retrieve every answer, or one: C-MOVE to us or ``TargetAet``, or C-GET
-        (``RetrieveMethod``)"""
+        """Retrieve every answer, or one: C-MOVE (to us or TargetAet) or C-GET
+
+        The body: the target AE title as text, or ``{"TargetAet", "RetrieveMethod",
+        "Timeout"}``."""
         body = retrieve_body()
         use_get = METHODS[body.get("RetrieveMethod", "C-MOVE")]
         done = guarded(lambda: service.retrieve(query_id, index, target_of(body), use_get,
