@@ -131,7 +131,8 @@ def test_query_at_study_level_and_the_query_resource(world: World) -> None:
     assert full[0]["0010,0010"]["Type"] == "String"
     content = world.app.json(f"/queries/{query_id}/answers/1/content?short")
     assert content["0020,000d"] == simplified[1]["StudyInstanceUID"]
-    assert world.app.json(f"/queries/{query_id}/answers/1") == ["content", "retrieve"]
+    assert world.app.json(f"/queries/{query_id}/answers/1") == [
+        "content", "retrieve", "query-series", "query-instances"]
     assert world.app.get(f"/queries/{query_id}/level").text == "Study"
     assert world.app.get(f"/queries/{query_id}/modality").text == "orthanc"
     assert world.app.json(f"/queries/{query_id}/query?simplify") == {
@@ -156,6 +157,30 @@ def test_query_at_series_level_with_wildcards(world: World) -> None:
     assert world.app.get(f"/queries/{query_id}/level").text == "Series"
     query_id = world.query({"Level": "Study", "Query": {"PatientName": "NOBODY*"}})
     assert world.app.json(f"/queries/{query_id}/answers") == []
+
+
+def test_queries_below_an_answer(world: World) -> None:
+    """``query-studies|series|instances``: a new query with the answer's identifying keys."""
+    patient = world.query({"Level": "Patient", "Query": {"PatientID": "RQ1"}})
+
+    def below(query_id: str, child: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        r = world.post(f"/queries/{query_id}/answers/0/query-{child}", json=body)
+        assert r.status_code == 200, r.text
+        return list(world.app.json(f"/queries/{r.json()['ID']}/answers?expand&simplify"))
+
+    (study,) = below(patient, "studies", {})
+    assert study["StudyInstanceUID"] == A
+    series = below(patient, "series", {"Query": {"Modality": "MR"}})
+    assert [s["SeriesInstanceUID"] for s in series] == [series_uid(world, "a-mr")]
+    mr = world.query({"Level": "Series", "Query": {"StudyInstanceUID": A, "Modality": "MR"}})
+    assert world.app.json(f"/queries/{mr}/answers/0") == ["content", "retrieve",
+                                                          "query-instances"]
+    (instance,) = below(mr, "instances", {"Timeout": 10})
+    assert instance["SOPInstanceUID"] in sop_uids(world.files["a-mr"])
+    r = world.post(f"/queries/{mr}/answers/0/query-studies", json={})
+    assert r.status_code == 404 and "no Study below" in r.json()["Message"]
+    r = world.post(f"/queries/{mr}/answers/0/query-instances", json={"Query": ["x"]})
+    assert r.status_code == 400
 
 
 def test_the_oldest_queries_are_forgotten(world: World) -> None:

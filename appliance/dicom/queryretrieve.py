@@ -50,6 +50,7 @@ class HeldQuery:
     modality: str  # the modality's name
     level: str  # QueryRetrieveLevel
     asked: Dataset  # the keys as the client gave them (Orthanc's ``/queries/{id}/query``)
+    normalize: bool
     timeout: float | None
     answers: list[Dataset]
 
@@ -170,7 +171,21 @@ class QueryRetrieve:
         del asked.QueryRetrieveLevel
         sent = normalized(dicom, given) if normalize else given
         answers = remote.find(self.settings(timeout), modality, dicom, sent, model_of(dicom))
-        return self._hold(HeldQuery(str(uuid.uuid4()), name, dicom, asked, timeout, answers))
+        return self._hold(HeldQuery(str(uuid.uuid4()), name, dicom, asked, normalize, timeout,
+                                    answers))
+
+    def query_children(self, query_id: str, index: int, level: str, keys: Mapping[str, str],
+                       timeout: float | None = None) -> HeldQuery:
+        """A query one or more levels below an answer (Orthanc's ``query-studies|series|
+        instances``): the same modality, ``keys`` and the answer's identifying keys."""
+        parent = self.held(query_id)
+        answer = self.answer(query_id, index)
+        if Level[dicom_level(level)] <= Level[parent.level]:
+            raise UnknownQuery(f"a {ORTHANC_LEVELS[parent.level]} answer has no {level} "
+                               "below it")
+        inherited = identifying(answer, parent.level)
+        return self.query(parent.modality, level, {**keywords(keys), **inherited},
+                          parent.normalize, timeout or parent.timeout)
 
     def _hold(self, query: HeldQuery) -> HeldQuery:
         with self._lock:

@@ -26,6 +26,10 @@ MOVE_KEYS = {"Level", "Resources", "TargetAet", "Timeout", "Synchronous", "Async
 GET_KEYS = MOVE_KEYS - {"TargetAet"}
 RETRIEVE_KEYS = {"TargetAet", "Timeout", "Synchronous", "Asynchronous", "RetrieveMethod"}
 METHODS = {"C-MOVE": False, "C-GET": True}
+CHILD_LEVELS = {"studies": "Study", "series": "Series", "instances": "Instance"}
+# The child queries an answer of each level offers (``query-...``).
+CHILDREN = {"PATIENT": ("studies", "series", "instances"), "STUDY": ("series", "instances"),
+            "SERIES": ("instances",), "IMAGE": ()}
 
 
 def guarded(action: Callable[[], Any]) -> Any:
@@ -209,7 +213,18 @@ def install(app: bottle.Bottle, service: QueryRetrieve) -> None:
     def answer_children(query_id: str, index: int) -> Any:
         """What an answer offers"""
         guarded(lambda: service.answer(query_id, index))
-        return as_json(["content", "retrieve"])
+        below = CHILDREN[service.held(query_id).level]
+        return as_json(["content", "retrieve", *(f"query-{child}" for child in below)])
+
+    @app.post("/queries/<query_id>/answers/<index:int>/query-<child:re:studies|series|instances>",
+              role="viewer")
+    def query_below(query_id: str, index: int, child: str) -> Any:
+        """C-FIND the studies, series or instances of an answer; held as a new query"""
+        body = options(json_body(), {"Query", "Timeout"})
+        keys = text_map(body.get("Query", {}), "Query")
+        held = guarded(lambda: service.query_children(query_id, index, CHILD_LEVELS[child], keys,
+                                                      body.get("Timeout")))
+        return as_json({"ID": held.id, "Path": f"/queries/{held.id}"})
 
     @app.get("/queries/<query_id>/answers/<index:int>/content")
     def content(query_id: str, index: int) -> Any:
