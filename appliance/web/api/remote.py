@@ -212,9 +212,9 @@ def install(app: bottle.Bottle, service: QueryRetrieve) -> None:
     @app.get("/queries/<query_id>/answers/<index:int>")
     def answer_children(query_id: str, index: int) -> Any:
         """What an answer offers"""
+        level = guarded(lambda: service.held(query_id)).level
         guarded(lambda: service.answer(query_id, index))
-        below = CHILDREN[service.held(query_id).level]
-        return as_json(["content", "retrieve", *(f"query-{child}" for child in below)])
+        return as_json(["content", "retrieve", *(f"query-{child}" for child in CHILDREN[level])])
 
     @app.post("/queries/<query_id>/answers/<index:int>/query-<child:re:studies|series|instances>",
               role="viewer")
