@@ -116,6 +116,10 @@ class DicomSettings:
     max_find_answers: int = setting(
         0, "most C-FIND answers (0: unlimited); beyond, the C-FIND ends with 0xA700", min=0
     )
+    query_retrieve_size: int = setting(
+        100, "queries on remote nodes (with their answers) the REST API holds under /queries, "
+        "the oldest forgotten first (Orthanc's QueryRetrieveSize)", min=1, max=10000
+    )
     fast_store: bool = setting(
         True, "receive C-STORE requests in the network thread, without pynetdicom's DIMSE layer "
         "(several times less CPU per instance); false: pynetdicom's own path"

@@ -17,6 +17,7 @@ from . import pixels
 from .accounts import Accounts, LocalToken
 from .config import Config
 from .configstore import ConfigStore
+from .dicom.queryretrieve import QueryRetrieve
 from .dicom.scp import DicomServer
 from .health.probes import loopback
 from .health.service import Monitor
@@ -28,6 +29,7 @@ from .storage.fsck import reconcile
 from .store import Store
 from .web import admin
 from .web.api import health as health_api
+from .web.api import remote as remote_api
 from .web.api import routing as routing_api
 from .web.app import HttpServer
 from .web.auth import Security
@@ -83,8 +85,10 @@ class Appliance:
         self.hooks.start()
         security = self.security()
         services = admin.Services(self.configs, self.store, routing, security)
+        queries = QueryRetrieve(self.configs, self.store)
         self.http = HttpServer(http_config(self.config, security), self.store,
                                [lambda app: routing_api.install(app, routing),
+                                lambda app: remote_api.install(app, queries),
                                 lambda app: health_api.install(app, self.monitor),
                                 lambda app: admin.install(app, services)])
         self.dicom.start()

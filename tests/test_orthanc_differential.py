@@ -121,6 +121,8 @@ def test_same_answers_as_orthanc(pair: tuple[str, str], tmp_path: Path) -> None:
                            public_tags(get(f"{orthanc}/instances/{public_id}/tags"))) == []
         assert get(f"{box}/instances/{public_id}/simplified-tags")["SOPInstanceUID"] == \
             get(f"{orthanc}/instances/{public_id}/simplified-tags")["SOPInstanceUID"]
+        short = get(f"{orthanc}/instances/{public_id}/tags?short")
+        assert get(f"{box}/instances/{public_id}/tags?short")["0008,0018"] == short["0008,0018"]
 
     for body in FINDS:
         theirs = SESSION.post(f"{orthanc}/tools/find", json=body, timeout=30).json()

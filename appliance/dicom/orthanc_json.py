@@ -131,6 +131,10 @@ def _simple_entry(ds: Dataset, tag: BaseTag, kind: str, value: Any) -> tuple[str
     return keyword_for_tag(tag) or tag_key(tag), value
 
 
+def _short_entry(ds: Dataset, tag: BaseTag, kind: str, value: Any) -> tuple[str, Any]:
+    return tag_key(tag), value
+
+
 def full(ds: Dataset) -> dict[str, Any]:
     """Orthanc's full format: ``{"0010,0010": {"Name", "Type", "Value"}}``."""
     return _convert(ds, _full_entry)
@@ -139,3 +143,8 @@ def full(ds: Dataset) -> dict[str, Any]:
 def simplified(ds: Dataset) -> dict[str, Any]:
     """Orthanc's simplified format: keyword -> text, list of items, or null."""
     return _convert(ds, _simple_entry)
+
+
+def short(ds: Dataset) -> dict[str, Any]:
+    """Orthanc's short format: ``gggg,eeee`` -> text, list of items, or null."""
+    return _convert(ds, _short_entry)

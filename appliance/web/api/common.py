@@ -11,6 +11,7 @@ from typing import Any, BinaryIO, NoReturn
 
 import bottle
 
+from ...dicom import orthanc_json
 from ...index import resources as index
 from ...store import Store
 
@@ -45,6 +46,16 @@ def found(level: str, public_id: str) -> Any:
 def as_json(value: Any) -> str:
     bottle.response.content_type = "application/json"
     return json.dumps(value, indent=2)
+
+
+def tags_as_asked(ds: Any) -> dict[str, Any]:
+    """A dataset in the format the request asks for, as Orthanc: ``simplify``, ``short``, or
+    the full format by default."""
+    if "simplify" in bottle.request.query:
+        return orthanc_json.simplified(ds)
+    if "short" in bottle.request.query:
+        return orthanc_json.short(ds)
+    return orthanc_json.full(ds)
 
 
 def json_body() -> Any:

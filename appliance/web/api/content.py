@@ -13,7 +13,7 @@ from ...dicom.render import NoSuchFrame, Undecodable
 from ...index import resources as index
 from ...storage.archive import zip_stream
 from ...store import Store
-from .common import as_json, fail, found
+from .common import as_json, fail, found, tags_as_asked
 
 DEFER = 4096  # bytes: longer values are read only if shown (never the pixel data)
 
@@ -29,10 +29,7 @@ def install(app: bottle.Bottle, config: Config, store: Store) -> None:
 
     @app.get("/instances/<public_id>/tags")
     def tags(public_id: str) -> Any:
-        ds = dataset(public_id)
-        if "simplify" in bottle.request.query or "short" in bottle.request.query:
-            return as_json(orthanc_json.simplified(ds))
-        return as_json(orthanc_json.full(ds))
+        return as_json(tags_as_asked(dataset(public_id)))
 
     @app.get("/instances/<public_id>/simplified-tags")
     def simplified_tags(public_id: str) -> Any:
