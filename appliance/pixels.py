@@ -81,13 +81,17 @@ worker = PixelWorker()
 # --- what runs in the helper process -----------------------------------------------------------
 
 def decompress_file(src: str, dst: str) -> str:
-    """Write ``src`` decompressed to Explicit VR Little Endian at ``dst``; return "" or why it
-    could not be done."""
+    """Write ``src`` in Explicit VR Little Endian at ``dst`` (decompressed, or re-encoded from
+    another uncompressed syntax); return "" or why it could not be done."""
     from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian
 
     try:
         ds = dcmread(src)
-        ds.decompress(generate_instance_uid=False)  # a syntax change, the same instance
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress(generate_instance_uid=False)  # a syntax change, the same instance
+        else:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.save_as(dst, enforce_file_format=True)
     except Exception as exc:  # pydicom raises many kinds when a decoder is missing
         Path(dst).unlink(missing_ok=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import tempfile
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -193,6 +195,25 @@ class Store:
     def frame(self, public_id: str, index: int) -> bytes | None:
         """Frame ``index`` of an instance, uncompressed (None: no such instance)."""
         return self._pixel_job(public_id, render.frame_file, index)
+
+    def open_explicit_le(self, public_id: str) -> BinaryIO | None:
+        """The instance in Explicit VR Little Endian (decompressed, or re-encoded), as a file
+        already unlinked from ``tmp`` (None: no such instance); ``Undecodable`` when it cannot
+        be converted here. Converted in the pixel helper process."""
+        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
+        if row is None:
+            return None
+        fd, name = tempfile.mkstemp(dir=self.area.tmp, prefix="transcode-")
+        os.close(fd)
+        try:
+            error = pixels.worker.run(pixels.decompress_file, str(self.area.path(row.file)), name)
+            if error:
+                raise render.Undecodable(error)
+            return open(name, "rb")
+        except (pixels.PixelError, TimeoutError) as exc:
+            raise render.Undecodable(str(exc) or "conversion timed out") from exc
+        finally:
+            Path(name).unlink(missing_ok=True)
 
     def _pixel_job(self, public_id: str, fn: Callable[..., bytes], *args: object) -> bytes | None:
         row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()

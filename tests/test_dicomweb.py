@@ -12,6 +12,7 @@ from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from .conftest import ApplianceProcess, make_series, pydicom_file, storescu
 
@@ -144,3 +145,53 @@ def test_qido_and_wado_errors(appliance: ApplianceProcess, tmp_path: Path) -> No
         "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={jpeg}'})
     assert r.status_code == 406
     assert app_get(appliance, f"{base}/studies?fuzzymatching=true", timeout=30).status_code == 200
+
+
+def wado_instance(app: ApplianceProcess, ds: Dataset, syntax: str | None
+                  ) -> tuple[requests.Response, bytes, str]:
+    """GET one instance (``syntax``: the Accept's transfer-syntax, None: none given); the
+    response, its one part's body and the part's Content-Type."""
+    accept = 'multipart/related; type="application/dicom"'
+    if syntax is not None:
+        accept += f"; transfer-syntax={syntax}"
+    study, series, sop = uids(ds)
+    r = app_get(app, f"{app.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}",
+                timeout=120, headers={"Accept": accept})
+    if r.status_code != 200:
+        return r, b"", ""
+    boundary = r.headers["Content-Type"].split("boundary=")[1].strip('"').encode()
+    (part,) = [p for p in r.content.split(b"--" + boundary)[1:] if p.strip() not in (b"--", b"")]
+    head, _, body = part.partition(b"\r\n\r\n")
+    media = next(line.split(b":", 1)[1].strip().decode() for line in head.splitlines()
+                 if line.lower().startswith(b"content-type"))
+    return r, body[:-2], media  # the part ends with CRLF before the next delimiter
+
+
+def test_wado_sends_explicit_le_unless_asked_for_the_stored_syntax(
+        appliance: ApplianceProcess) -> None:
+    """PS3.18 8.7.3.5.2: without a transfer-syntax the instances come in Explicit VR Little
+    Endian (decompressed or re-encoded in the pixel helper); ``*`` gives the stored bytes; an
+    instance that cannot be converted here is a 406 that names the way out."""
+    names = ["MR_small_implicit.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm",
+             "MR_small_jpeg_ls_lossless.dcm"]
+    datasets = [dcmread(pydicom_file(n)) for n in names]
+    jpeg_ls = datasets[3]  # an MR_small like the first: same UIDs unless changed
+    jpeg_ls.SOPInstanceUID = jpeg_ls.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    client(appliance).store_instances(datasets)
+    explicit = "1.2.840.10008.1.2.1"
+    for ds in datasets[:3]:
+        for asked in (None, explicit):
+            r, body, media = wado_instance(appliance, ds, asked)
+            assert r.status_code == 200 and media.endswith(f"transfer-syntax={explicit}"), media
+            got = dcmread(io.BytesIO(body))
+            assert got.file_meta.TransferSyntaxUID == explicit
+            assert got.SOPInstanceUID == ds.SOPInstanceUID
+            assert (got.pixel_array == ds.pixel_array).all(), "the same pixels, uncompressed"
+        r, body, media = wado_instance(appliance, ds, "*")
+        stored = ds.file_meta.TransferSyntaxUID
+        assert media.endswith(f"transfer-syntax={stored}")
+        assert dcmread(io.BytesIO(body)).PixelData == ds.PixelData, "as stored"
+    r, _, _ = wado_instance(appliance, jpeg_ls, None)
+    assert r.status_code == 406 and "transfer-syntax=*" in r.json()["Message"], r.text[:300]
+    r, body, media = wado_instance(appliance, jpeg_ls, "*")
+    assert r.status_code == 200 and dcmread(io.BytesIO(body)).PixelData == jpeg_ls.PixelData

@@ -1,12 +1,14 @@
 """WADO-RS (PS3.18 10.4): studies, series and instances as ``multipart/related;
-type="application/dicom"`` streamed from the stored files (in their stored transfer syntax),
-their metadata as DICOM JSON, frames (uncompressed) and rendered images."""
+type="application/dicom"`` streamed from the stored files (as stored with ``transfer-syntax=*``,
+else in Explicit VR Little Endian), their metadata as DICOM JSON, frames (uncompressed) and
+rendered images."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, BinaryIO
 
 import bottle
 
@@ -17,6 +19,9 @@ from ..api.common import fail, stream
 from .common import dicom_json
 from .multipart import accepts, join, new_boundary, related_type
 
+log = logging.getLogger("appliance.web")
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 DEFER = 4096
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 RENDERED = {"image/jpeg": "JPEG", "image/png": "PNG"}
@@ -30,23 +35,53 @@ def _found(study: str, series: str | None = None,
     return found
 
 
-def _check_syntax(instances: list[StoredInstance]) -> None:
-    """The files go as stored: a transfer syntax other than theirs cannot be served (406)."""
+def _wanted_syntax(instances: list[StoredInstance]) -> str:
+    """The transfer syntax the client asks for: ``*`` (as stored), or one UID; absent, Explicit
+    VR Little Endian (PS3.18 8.7.3.5.2, since 2016c). We convert to that one only (406 for
+    another that some instance is not stored in)."""
     params = accepts(bottle.request.get_header("Accept", ""), "application/dicom")
     if params is None:
         fail(406, 'only multipart/related; type="application/dicom" is served here')
-    wanted = params.get("transfer-syntax", "*")
-    if wanted != "*" and any(i.transfer_syntax != wanted for i in instances):
-        fail(406, f"instances are stored in another transfer syntax than {wanted}"
-                  " (use transfer-syntax=*)")
+    wanted = params.get("transfer-syntax") or EXPLICIT_LE
+    if wanted not in ("*", EXPLICIT_LE) and any(i.transfer_syntax != wanted for i in instances):
+        fail(406, f"instances are stored in another transfer syntax than {wanted}, and are"
+                  f" converted to {EXPLICIT_LE} only (or ask for transfer-syntax=*)")
+    return wanted
 
 
 def retrieve(store: Store, instances: list[StoredInstance]) -> Iterator[bytes]:
-    _check_syntax(instances)
+    """Each instance as stored, or converted to Explicit VR Little Endian when asked (the
+    default). The first conversion happens before the answer starts, so that an instance that
+    cannot be converted is a 406; a later one that cannot is sent as stored, its part saying
+    in which syntax."""
+    wanted = _wanted_syntax(instances)
+    convert = [wanted == EXPLICIT_LE and i.transfer_syntax != EXPLICIT_LE for i in instances]
+    first = None
+    if any(convert):
+        at = convert.index(True)
+        try:
+            first = (at, store.open_explicit_le(instances[at].public_id))
+        except Undecodable as exc:
+            fail(406, f"cannot convert to {EXPLICIT_LE} (ask for transfer-syntax=*): {exc}")
     boundary = new_boundary()
     bottle.response.content_type = related_type("application/dicom", boundary)
-    parts = (("application/dicom", _file_chunks(store, i.public_id)) for i in instances)
+    parts = (_part(store, i, convert[n], first[1] if first and first[0] == n else None)
+             for n, i in enumerate(instances))
     return join(parts, boundary)
+
+
+def _part(store: Store, instance: StoredInstance, convert: bool, converted: BinaryIO | None
+          ) -> tuple[str, Iterator[bytes]]:
+    if convert and converted is None:
+        try:
+            converted = store.open_explicit_le(instance.public_id)
+        except Undecodable as exc:
+            log.warning("WADO-RS: %s sent as stored (%s): %s", instance.public_id,
+                        instance.transfer_syntax, exc)
+    if converted is not None:
+        return f"application/dicom; transfer-syntax={EXPLICIT_LE}", stream(converted)
+    return (f"application/dicom; transfer-syntax={instance.transfer_syntax}",
+            _file_chunks(store, instance.public_id))
 
 
 def _file_chunks(store: Store, public_id: str) -> Iterator[bytes]:
