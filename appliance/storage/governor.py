@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 OUT_OF_RESOURCES = 0xA700
 Delete = Callable[[list[int], str], int]
+SINGULAR = {"studies": "study", "patients": "patient"}
 
 
 class StoreFull(BadInstance):
@@ -154,7 +155,7 @@ class Governor:
         count = self.delete(keys, f"recycled: {reason}")
         self.recycled_total += 1
         self.totals = quota.totals()
-        log.info("recycled one of the oldest %s (%d instances): %s", level[:-1], count, reason)
+        log.info("recycled the oldest %s (%d instances): %s", SINGULAR[level], count, reason)
         return True
 
     # --- the background ------------------------------------------------------------------------
