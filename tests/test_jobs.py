@@ -123,7 +123,7 @@ def test_an_asynchronous_move_brings_a_study_in(box: Box) -> None:
 def test_an_asynchronous_retrieve_of_an_answer_has_orthancs_shape(box: Box) -> None:
     """The real Orthanc retrieves the same answer asynchronously: the same keys, the same
     type and content."""
-    query = {"Level": "Study", "Query": {"PatientID": STUDIES["B"][0]}}
+    query: dict[str, Any] = {"Level": "Study", "Query": {"PatientID": STUDIES["B"][0]}}
     ours = box.post("/modalities/orthanc/query", json=query).json()["ID"]
     job = box.finished(box.start(f"/queries/{ours}/answers/0/retrieve",
                                  {"TargetAet": "APPLIANCE", "Synchronous": False}))
