@@ -1,10 +1,14 @@
 """Asynchronous jobs (``/jobs``) against a real Orthanc: moves, gets and retrieves that run as
 jobs, a store that a job follows through the durable queue, failures, cancelling, the history
-bound, roles and pyorthanc's ``Job``; the jobs' JSON compared with the real Orthanc's."""
+bound, roles and pyorthanc's ``Job``; the jobs' JSON compared with the real Orthanc's. The
+C-CANCEL of a running C-GET needs a peer that waits at a known point: a scripted pynetdicom
+SCP."""
 
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -14,10 +18,13 @@ from typing import Any
 import pyorthanc
 import pytest
 import requests
+from pydicom import dcmread
 from pydicom.uid import generate_uid
+from pynetdicom import AE, StoragePresentationContexts, evt
 from pyorthanc.jobs import State
 
 from appliance.accounts import Accounts
+from appliance.dicom.remote import MODELS
 
 from .conftest import (
     ADMIN,
@@ -201,6 +208,63 @@ def test_cancel(box: Box) -> None:
     assert box.arrived("E") == 0, "the cancelled job ran"
     assert box.post(f"/jobs/{after['ID']}/cancel").json() == {}
     assert box.app.json(f"/jobs/{after['ID']}")["State"] == "Success"
+
+
+@pytest.fixture
+def scripted_get_scp(box: Box, tmp_path: Path) -> Iterator[tuple[threading.Event, str]]:
+    """A pynetdicom C-GET SCP that sends a study of 3 instances and, after the first, waits
+    for the test (``go``), then for the C-CANCEL before the third; registered as modality
+    ``scripted``. Yields ``go`` and the study's UID."""
+    study_uid = generate_uid()
+    datasets = [dcmread(p) for p in make_series(tmp_path / "get", 3, "JOBGET", study_uid)]
+    go = threading.Event()
+
+    def handle_get(event: evt.Event) -> Iterator[Any]:
+        yield len(datasets)
+        yield 0xFF00, datasets[0]
+        go.wait(60)
+        yield 0xFF00, datasets[1]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if event.is_cancelled:  # true once: pynetdicom forgets the C-CANCEL as it tells
+                yield 0xFE00, None
+                return
+            time.sleep(0.01)
+        yield 0xFF00, datasets[2]
+
+    ae = AE("SCRIPTED")
+    ae.add_supported_context(MODELS[("study", "get")])
+    for cx in StoragePresentationContexts:
+        ae.add_supported_context(str(cx.abstract_syntax), scp_role=True, scu_role=False)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_GET, handle_get)])
+    r = box.app.session.put(f"{box.app.url}/modalities/scripted", timeout=30,
+                            json={"AET": "SCRIPTED", "Host": "127.0.0.1", "Port": port})
+    assert r.status_code == 200, r.text
+    yield go, study_uid
+    go.set()
+    assert server is not None
+    server.shutdown()
+
+
+def test_cancel_a_running_cget_sends_ccancel(box: Box,
+                                             scripted_get_scp: tuple[threading.Event, str]
+                                             ) -> None:
+    """Cancelled after its first instance, the C-GET asks the peer to stop (C-CANCEL at the
+    next pending response): 2 of 3 instances arrive, the job ends cancelled."""
+    go, study_uid = scripted_get_scp
+    job_id = box.start("/modalities/scripted/get", {
+        "Level": "Study", "Resources": [{"StudyInstanceUID": study_uid}],
+        "Asynchronous": True})
+    wait_for(lambda: box.app.json(f"/jobs/{job_id}")["Progress"] == 33, 60, "one instance")
+    assert box.app.json(f"/jobs/{job_id}")["State"] == "Running"
+    box.post(f"/jobs/{job_id}/cancel")
+    go.set()
+    job = box.finished(job_id)
+    assert (job["State"], job["ErrorCode"], job["Content"]["Completed"]) == ("Failure", 37, 2)
+    assert "0xFE00" in job["ErrorDetails"]
+    assert study_count(box.app.json, "JOBGET", study_uid) == 2
 
 
 def test_unknown_jobs_are_404(box: Box) -> None:
