@@ -139,10 +139,12 @@ class Jobs:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Ask running jobs to stop, and wait for the workers."""
+        """Cancel pending jobs, ask running ones to stop, and wait for the workers."""
         with self._lock:
             for job in self._jobs.values():
                 job.control.cancel()
+                if job.state == PENDING:
+                    job.finish(Outcome(job.content, CANCELED))
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
@@ -164,22 +166,20 @@ class Jobs:
 
     def ids(self) -> list[str]:
         """The jobs' IDs, oldest first."""
+        self._refresh_all()
         with self._lock:
             return list(self._jobs)
 
     def all(self) -> list[dict[str, Any]]:
+        self._refresh_all()
         with self._lock:
-            jobs = list(self._jobs.values())
-        return self._shown(jobs)
+            return [job.json() for job in self._jobs.values()]
 
     def get(self, job_id: str) -> dict[str, Any]:
-        return self._shown([self._find(job_id)])[0]
-
-    def _shown(self, jobs: list[Job]) -> list[dict[str, Any]]:
-        for job in jobs:
-            self._refresh(job)
+        job = self._find(job_id)
+        self._refresh(job)
         with self._lock:
-            return [job.json() for job in jobs]
+            return job.json()
 
     def cancel(self, job_id: str) -> None:
         """Cancel a job: at once if pending or tracked, at the work's next check if running;
@@ -209,6 +209,12 @@ class Jobs:
         if job is None:
             raise UnknownJob(f"unknown job: {job_id}")
         return job
+
+    def _refresh_all(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            self._refresh(job)
 
     def _refresh(self, job: Job) -> None:
         """A tracked job's state, read from where its work happens."""
