@@ -120,6 +120,14 @@ class DicomSettings:
         100, "queries on remote nodes (with their answers) the REST API holds under /queries, "
         "the oldest forgotten first (Orthanc's QueryRetrieveSize)", min=1, max=10000
     )
+    jobs_history_size: int = setting(
+        10, "finished jobs (asynchronous retrieves and stores) the REST API keeps under /jobs, "
+        "in memory, the oldest forgotten first (Orthanc's JobsHistorySize)", min=1, max=10000
+    )
+    concurrent_jobs: int = setting(
+        2, "jobs run at a time; the others wait as Pending (Orthanc's ConcurrentJobs; read at "
+        "start)", min=1, max=16
+    )
     fast_store: bool = setting(
         True, "receive C-STORE requests in the network thread, without pynetdicom's DIMSE layer "
         "(several times less CPU per instance); false: pynetdicom's own path"

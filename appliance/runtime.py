@@ -23,12 +23,14 @@ from .health.probes import loopback
 from .health.service import Monitor
 from .hooks import Hooks
 from .index import audit as audit_log
+from .jobs import Jobs
 from .routing.service import Routing
 from .routing.worker import Dispatcher
 from .storage.fsck import reconcile
 from .store import Store
 from .web import admin
 from .web.api import health as health_api
+from .web.api import jobs as jobs_api
 from .web.api import remote as remote_api
 from .web.api import routing as routing_api
 from .web.app import HttpServer
@@ -71,6 +73,8 @@ class Appliance:
         self.dicom: DicomServer | None = None
         self.http: HttpServer | None = None
         self.hooks: Hooks | None = None
+        self.jobs = Jobs(lambda: self.configs.current.dicom.jobs_history_size,
+                         self.config.dicom.concurrent_jobs)
 
     def start(self) -> None:
         """Reconcile first, then resume the outbound queue, then open the ports, then tell
@@ -86,9 +90,11 @@ class Appliance:
         security = self.security()
         services = admin.Services(self.configs, self.store, routing, security)
         queries = QueryRetrieve(self.configs, self.store)
+        self.jobs.start()
         self.http = HttpServer(http_config(self.config, security), self.store,
-                               [lambda app: routing_api.install(app, routing),
-                                lambda app: remote_api.install(app, queries),
+                               [lambda app: routing_api.install(app, routing, self.jobs),
+                                lambda app: remote_api.install(app, queries, self.jobs),
+                                lambda app: jobs_api.install(app, self.jobs),
                                 lambda app: health_api.install(app, self.monitor),
                                 lambda app: admin.install(app, services)])
         self.dicom.start()
@@ -121,6 +127,7 @@ class Appliance:
             self.http.stop()
         if self.hooks is not None:
             self.hooks.stop()
+        self.jobs.stop()
         self.dispatcher.stop()
         pixels.worker.stop()
         self.store.stop()

@@ -11,11 +11,13 @@ import pytest
 from appliance.configstore import ConfigStore
 from appliance.dicom.queryretrieve import QueryRetrieve
 from appliance.health.service import Monitor
+from appliance.jobs import Jobs
 from appliance.routing.service import Routing
 from appliance.routing.worker import Dispatcher
 from appliance.store import Store
 from appliance.web import openapi
 from appliance.web.api import health as health_api
+from appliance.web.api import jobs as jobs_api
 from appliance.web.api import remote as remote_api
 from appliance.web.api import routing as routing_api
 from appliance.web.app import create_app
@@ -33,8 +35,10 @@ def app(tmp_path: Path) -> Iterator[bottle.Bottle]:
     routing = Routing(configs, store, dispatcher)
     monitor = Monitor(configs, store, dispatcher)
     queries = QueryRetrieve(configs, store)
-    yield create_app(configs.current, store, [lambda a: routing_api.install(a, routing),
-                                              lambda a: remote_api.install(a, queries),
+    jobs = Jobs(lambda: 10, 1)
+    yield create_app(configs.current, store, [lambda a: routing_api.install(a, routing, jobs),
+                                              lambda a: remote_api.install(a, queries, jobs),
+                                              lambda a: jobs_api.install(a, jobs),
                                               lambda a: health_api.install(a, monitor)])
     store.stop()
 

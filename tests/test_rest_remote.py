@@ -301,7 +301,7 @@ STUDY_A = {"Level": "Study", "Resources": [{"StudyInstanceUID": A}]}
     ("/modalities/orthanc/move", {"Level": "Study"}, "must contain Resources"),
     ("/modalities/orthanc/move", {**STUDY_A, "Resources": []}, "non-empty"),
     ("/modalities/orthanc/move", {**STUDY_A, "TargetAet": "A\\B"}, "not a valid AE title"),
-    ("/modalities/orthanc/move", {**STUDY_A, "Synchronous": False}, "asynchronous"),
+    ("/modalities/orthanc/move", {**STUDY_A, "Synchronous": "no"}, "Synchronous must be"),
     ("/modalities/orthanc/get", {**STUDY_A, "TargetAet": "DEST"}, "unknown keys"),
     ("/modalities/orthanc/get", [A], "JSON object"),
 ])  # fmt: skip

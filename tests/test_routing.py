@@ -317,7 +317,12 @@ def test_send_by_hand_goes_through_the_queue(appliance_factory: Any, scp_factory
     (study,) = app.json("/studies")
     r = app.session.post(f"{app.url}/modalities/dest/store",
                          json={"Resources": [study], "Asynchronous": True}, timeout=30)
-    assert r.status_code == 200 and r.json()["Queued"] == 4
+    assert r.status_code == 200, r.text
+    job = r.json()["Path"]
+    assert job == f"/jobs/{r.json()['ID']}"
+    waiting = app.json(job)
+    assert (waiting["Type"], waiting["State"], waiting["Content"]["InstancesCount"]) == (
+        "DicomModalityStore", "Running", 4)
     r = app.session.post(f"{app.url}/modalities/dest/store", json=["nope"], timeout=30)
     assert r.status_code == 404
     r = app.session.post(f"{app.url}/modalities/dest/store",
@@ -325,6 +330,9 @@ def test_send_by_hand_goes_through_the_queue(appliance_factory: Any, scp_factory
     assert r.status_code == 502 and r.json()["Waiting"] == 4, "down: still queued"
     scp.start()
     wait_for(lambda: received(scp) == 8 and pending(app, "dest") == 0, 60, "delivery")
+    done = app.json(job)
+    assert (done["State"], done["Progress"], done["Content"]["FailedInstancesCount"]) == (
+        "Success", 100, 0)
     r = app.session.post(f"{app.url}/modalities/dest/store", json=study, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["Delivered"] == 4 and r.json()["FailedInstancesCount"] == 0

@@ -13,6 +13,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
@@ -21,10 +22,12 @@ from pydicom.uid import generate_uid
 from ..config import DicomSettings, Modality
 from ..configstore import ConfigStore
 from ..index.ingest import Origin
+from ..jobs import CANCELED, NETWORK_PROTOCOL, Control, Outcome
 from ..store import Store
-from . import remote
+from . import orthanc_json, remote
 from .handlers import receiver
 from .query import LEVEL_OF, NEUTRAL_KEYS, UNIQUE_KEYS, Level, QueryError, tag_of
+from .scu import AssociationFailed
 
 # Orthanc's level names -> the QueryRetrieveLevel values (PS3.4 C.6.1.1.2, C.6.2.1.2).
 LEVELS = {"patient": "PATIENT", "study": "STUDY", "series": "SERIES", "instance": "IMAGE"}
@@ -56,13 +59,78 @@ class HeldQuery:
 
 
 @dataclass(frozen=True)
+class Retrieval:
+    """A C-MOVE or C-GET whose modality, level, keys and target were checked before anything
+    was sent, so a bad request fails at once even when the work runs later, as a job."""
+
+    settings: DicomSettings
+    modality: Modality
+    level: str  # QueryRetrieveLevel
+    identifiers: list[Dataset]
+    target_aet: str  # "" for C-GET
+    into_store: remote.OnInstance | None  # C-GET only
+
+    @property
+    def job_type(self) -> str:
+        """Orthanc's name for the job."""
+        return "DicomGetScu" if self.into_store else "DicomMoveScu"
+
+    def content(self) -> dict[str, Any]:
+        """Orthanc's job content (``Description``, ``LocalAet``, ``RemoteAet``, ``Query``,
+        ``TargetAet``)."""
+        content = {"Description": "REST API", "LocalAet": self.settings.aet,
+                   "RemoteAet": self.modality.aet,
+                   "Query": [orthanc_json.short(i) for i in self.identifiers]}
+        if self.target_aet:
+            content["TargetAet"] = self.target_aet
+        return content
+
+    def run(self, control: Control | None = None) -> Retrieved:
+        """One request per identifier, in order; ``control`` sees the progress and stops the
+        work (C-CANCEL of the request under way, none of the following)."""
+        results: list[remote.RetrieveResult] = []
+        for n, ident in enumerate(self.identifiers):
+            if control is not None and control.cancelled:
+                break
+            watch = None if control is None else self._watch(control, n)
+            results.append(self._one(ident, watch))
+        return Retrieved(self, results)
+
+    def _one(self, ident: Dataset, watch: remote.Watch | None) -> remote.RetrieveResult:
+        model = model_of(self.level)
+        if self.into_store is not None:
+            return remote.get(self.settings, self.modality, self.level, ident, self.into_store,
+                              model, watch=watch)
+        return remote.move(self.settings, self.modality, self.level, ident, self.target_aet,
+                           model, watch)
+
+    def _watch(self, control: Control, index: int) -> remote.Watch:
+        def watch(counts: remote.RetrieveResult) -> bool:
+            done = counts.completed + counts.failed + counts.warning
+            total = done + counts.remaining
+            control.progress = (index + (done / total if total else 0)) / len(self.identifiers)
+            return control.cancelled
+        return watch
+
+    def work(self, control: Control) -> Outcome:
+        """The retrieval as a job: Failure with Orthanc's network error code when the node is
+        down, refuses, or some sub-operation failed."""
+        try:
+            done = self.run(control)
+        except (AssociationFailed, remote.RemoteError) as exc:
+            return Outcome(self.content(), NETWORK_PROTOCOL, str(exc))
+        if len(done.results) < len(self.identifiers):
+            return Outcome(done.content(), CANCELED)
+        if not done.ok:
+            return Outcome(done.content(), NETWORK_PROTOCOL, done.summary())
+        return Outcome(done.content())
+
+
+@dataclass(frozen=True)
 class Retrieved:
     """The outcome of a C-MOVE or C-GET per identifier, in the order they were sent."""
 
-    local_aet: str
-    remote_aet: str
-    target_aet: str  # "" for C-GET
-    identifiers: list[Dataset]
+    plan: Retrieval
     results: list[remote.RetrieveResult]
 
     @property
@@ -74,6 +142,11 @@ class Retrieved:
 
     def summary(self) -> str:
         return "; ".join(r.summary() for r in self.results)
+
+    def content(self) -> dict[str, Any]:
+        """The job's content with the sub-operation counts."""
+        return {**self.plan.content(), "Completed": self.count("completed"),
+                "Failed": self.count("failed"), "Warning": self.count("warning")}
 
 
 def dicom_level(name: str) -> str:
@@ -220,7 +293,7 @@ class QueryRetrieve:
     # --- C-MOVE and C-GET ----------------------------------------------------------------------
 
     def retrieve(self, query_id: str, index: int | None, target_aet: str = "",
-                 use_get: bool = False, timeout: float | None = None) -> Retrieved:
+                 use_get: bool = False, timeout: float | None = None) -> Retrieval:
         """Retrieve one answer (or all: ``index`` None) of a held query: C-MOVE to
         ``target_aet`` (default: us), or C-GET into the store."""
         query = self.held(query_id)
@@ -233,28 +306,24 @@ class QueryRetrieve:
         return self.move(query.modality, level, resources, target_aet, timeout)
 
     def move(self, name: str, level: str, resources: list[dict[str, str]],
-             target_aet: str = "", timeout: float | None = None) -> Retrieved:
+             target_aet: str = "", timeout: float | None = None) -> Retrieval:
         """C-MOVE each identifier of ``resources`` from ``name`` to ``target_aet`` (default:
         our own AE title, i.e. into the store)."""
-        modality = self.modality(name)
-        dicom = dicom_level(level)
-        target = target_aet or self.configs.current.dicom.aet
-        settings = self.settings(timeout)
-        identifiers = [remote.identifier(dicom, keywords(r), model_of(dicom)) for r in resources]
-        results = [remote.move(settings, modality, dicom, i, target, model_of(dicom))
-                   for i in identifiers]
-        return Retrieved(settings.aet, modality.aet, target, identifiers, results)
+        target = remote.checked_aet(target_aet or self.configs.current.dicom.aet)
+        return self._plan(name, level, resources, target, timeout, get=False)
 
     def get(self, name: str, level: str, resources: list[dict[str, str]],
-            timeout: float | None = None) -> Retrieved:
+            timeout: float | None = None) -> Retrieval:
         """C-GET each identifier of ``resources`` from ``name`` into the store."""
+        return self._plan(name, level, resources, "", timeout, get=True)
+
+    def _plan(self, name: str, level: str, resources: list[dict[str, str]], target: str,
+              timeout: float | None, get: bool) -> Retrieval:
         modality = self.modality(name)
         dicom = dicom_level(level)
         settings = self.settings(timeout)
         identifiers = [remote.identifier(dicom, keywords(r), model_of(dicom)) for r in resources]
         origin = Origin(calling_aet=modality.aet, called_aet=settings.aet,
                         remote_address=modality.host)
-        into_store = receiver(self.store, origin, remote.describe(modality))
-        results = [remote.get(settings, modality, dicom, i, into_store, model_of(dicom))
-                   for i in identifiers]
-        return Retrieved(settings.aet, modality.aet, "", identifiers, results)
+        into_store = receiver(self.store, origin, remote.describe(modality)) if get else None
+        return Retrieval(settings, modality, dicom, identifiers, target, into_store)

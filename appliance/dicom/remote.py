@@ -234,6 +234,7 @@ class RetrieveResult:
     completed: int = 0
     failed: int = 0
     warning: int = 0
+    remaining: int = 0  # as the last pending response told
     failed_uids: list[str] = field(default_factory=list)
     comment: str = ""
 
@@ -247,11 +248,25 @@ class RetrieveResult:
         return text + (f" ({self.comment})" if self.comment else "")
 
 
+def checked_aet(aet: str) -> str:
+    """A C-MOVE destination, checked before anything is sent."""
+    if not AE_TITLE.match(aet):
+        raise BadQuery(f"{aet!r} is not a valid AE title (1-16 characters)")
+    return aet
+
+
+# Called with the counts of each pending response; True asks the peer to stop (C-CANCEL).
+Watch = Callable[[RetrieveResult], bool]
+
+
 def _final(responses: Iterator[tuple[Dataset, Dataset | None]], what: str,
-           modality: Modality) -> RetrieveResult:
+           modality: Modality, cancel: Callable[[], None], watch: Watch | None
+           ) -> RetrieveResult:
     """Read the responses to the end: the counts of the final one (or the last pending one,
-    for peers that omit them in the final response)."""
+    for peers that omit them in the final response). When ``watch`` asks, ``cancel`` sends a
+    C-CANCEL once (PS3.7 9.3.2.3, 9.3.3.3): the peer ends with status 0xFE00."""
     counts = RetrieveResult(SUCCESS)
+    cancelling = False
     for status, ident in responses:
         code = _status(status, what, modality)
         counts = RetrieveResult(
@@ -259,6 +274,7 @@ def _final(responses: Iterator[tuple[Dataset, Dataset | None]], what: str,
             int(status.get("NumberOfCompletedSuboperations", counts.completed) or 0),
             int(status.get("NumberOfFailedSuboperations", counts.failed) or 0),
             int(status.get("NumberOfWarningSuboperations", counts.warning) or 0),
+            int(status.get("NumberOfRemainingSuboperations", counts.remaining) or 0),
             comment=str(status.get("ErrorComment", "")),
         )
         if code not in PENDING:
@@ -266,21 +282,30 @@ def _final(responses: Iterator[tuple[Dataset, Dataset | None]], what: str,
                 uids = ident.FailedSOPInstanceUIDList
                 counts.failed_uids = [uids] if isinstance(uids, str) else list(uids)
             return counts
+        if watch is not None and not cancelling and watch(counts):
+            cancelling = True
+            cancel()
     raise RemoteError(f"{what} to {describe(modality)} ended without a final response")
+
+
+def _canceller(assoc: Association, model: UID) -> Callable[[], None]:
+    """A C-CANCEL of the request we sent (message ID 1, pynetdicom's default)."""
+    return lambda: assoc.send_c_cancel(1, query_model=model)
 
 
 def move(settings: DicomSettings, modality: Modality, level: str,
          keys: Mapping[str, str] | Dataset, destination_aet: str,
-         model: InfoModel = "study") -> RetrieveResult:
+         model: InfoModel = "study", watch: Watch | None = None) -> RetrieveResult:
     """C-MOVE (PS3.4 C.4.2): ask ``modality`` to send the matches to ``destination_aet`` (our
-    own AE title, or a third node the remote knows)."""
-    if not AE_TITLE.match(destination_aet):
-        raise BadQuery(f"{destination_aet!r} is not a valid AE title (1-16 characters)")
+    own AE title, or a third node the remote knows); ``watch`` sees the progress and may
+    cancel."""
+    destination = checked_aet(destination_aet)
     request = identifier(level, keys, model)
     uid = MODELS[(model, "move")]
     assoc = associate(settings, modality, [build_context(uid)])
     try:
-        return _final(assoc.send_c_move(request, destination_aet, uid), "C-MOVE", modality)
+        return _final(assoc.send_c_move(request, destination, uid), "C-MOVE", modality,
+                      _canceller(assoc, uid), watch)
     finally:
         release(assoc)
 
@@ -291,7 +316,8 @@ OnInstance = Callable[[Path, str, str], int]
 
 def get(settings: DicomSettings, modality: Modality, level: str,
         keys: Mapping[str, str] | Dataset, on_instance: OnInstance,
-        model: InfoModel = "study", sop_classes: list[str] | None = None) -> RetrieveResult:
+        model: InfoModel = "study", sop_classes: list[str] | None = None,
+        watch: Watch | None = None) -> RetrieveResult:
     """C-GET (PS3.4 C.4.3): the matches come back over our association, as C-STORE requests
     for which we take the SCP role; each is spooled to a file (in ``tempfile``'s folder: the
     appliance points it at the storage area's ``tmp/``) and handed to ``on_instance``, whose
@@ -299,7 +325,7 @@ def get(settings: DicomSettings, modality: Modality, level: str,
     took it.
 
     ``sop_classes``: the storage classes to offer (default: the first 127 pynetdicom knows,
-    which include every common image class)."""
+    which include every common image class); ``watch`` sees the progress and may cancel."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     request = identifier(level, keys, model)
     uid = MODELS[(model, "get")]
@@ -312,7 +338,8 @@ def get(settings: DicomSettings, modality: Modality, level: str,
     assoc = associate(settings, modality, [build_context(uid), *storage], roles,
                       [(evt.EVT_C_STORE, received)])
     try:
-        return _final(assoc.send_c_get(request, uid), "C-GET", modality)
+        return _final(assoc.send_c_get(request, uid), "C-GET", modality,
+                      _canceller(assoc, uid), watch)
     finally:
         release(assoc)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from peewee import fn
 
@@ -156,19 +156,29 @@ def enqueue(instance_keys: Sequence[int], destination: str, now: float,
     return ids
 
 
-def progress(ids: Sequence[int]) -> tuple[int, int, int]:
-    """Of these entries: (delivered, refused at least once or failed, still waiting). An entry
-    that left the queue was delivered (or cancelled)."""
-    refused = waiting = 0
+class Delivery(NamedTuple):
+    """Where a set of entries stands."""
+
+    delivered: int  # left the queue: delivered (or cancelled)
+    refused: int  # refused at least once, or failed
+    waiting: int  # never attempted yet
+    failed: int  # of the refused: failed for good (until retried by hand)
+
+
+def progress(ids: Sequence[int]) -> Delivery:
+    """Where these entries stand (an entry that left the queue was delivered or
+    cancelled)."""
+    refused = waiting = failed = 0
     for start in range(0, len(ids), 500):
         chunk = list(ids[start:start + 500])
         for state, attempts in tuples(Outbound.select(Outbound.state, Outbound.attempts)
                                       .where(Outbound.id.in_(chunk))):
+            failed += state == "failed"
             if state == "failed" or attempts > 0:
                 refused += 1
             else:
                 waiting += 1
-    return len(ids) - refused - waiting, refused, waiting
+    return Delivery(len(ids) - refused - waiting, refused, waiting, failed)
 
 
 def retry(destination: str | None = None, ids: Sequence[int] | None = None,

@@ -11,6 +11,7 @@ from ..config import ConfigError, Modality, Route, build, to_dict, validated
 from ..configstore import ConfigStore
 from ..dicom import remote
 from ..index import browse, resources
+from ..jobs import NETWORK_PROTOCOL, Jobs, Outcome
 from ..store import Store
 from . import queue
 from .rules import Rules
@@ -125,8 +126,10 @@ class Routing:
         self.dispatcher.retry_now(destination)
         return int(count)
 
-    def cancel(self, destination: str) -> int:
-        return int(self.store.writer.run(lambda: queue.cancel(destination, now=time.time())))
+    def cancel(self, destination: str, ids: list[int] | None = None) -> int:
+        """Cancel a destination's entries (or only ``ids`` of them)."""
+        return int(self.store.writer.run(lambda: queue.cancel(destination, ids,
+                                                              now=time.time())))
 
     def send(self, level: str, public_id: str, destination: str) -> int:
         """Queue a resource for ``destination`` (durable: delivered even if it is down now);
@@ -152,10 +155,31 @@ class Routing:
         (delivered, refused, still waiting). Waiting entries stay queued either way."""
         end = time.monotonic() + timeout
         while True:
-            delivered, refused, waiting = queue.progress(entry_ids)
+            delivered, refused, waiting, _ = queue.progress(entry_ids)
             if not waiting or time.monotonic() >= end:
                 return delivered, refused, waiting
             time.sleep(0.1)
+
+    def track(self, jobs: Jobs, destination: str, entry_ids: list[int],
+              content: dict[str, Any]) -> str:
+        """A job that follows queued entries to delivery (Orthanc's DicomModalityStore):
+        Success once every one was delivered, Failure as soon as one failed for good;
+        cancelling it cancels those still queued. The entries stay durable either way."""
+        total = len(entry_ids)
+
+        def poll() -> tuple[float, Outcome | None]:
+            now = queue.progress(entry_ids)
+            state = {**content, "FailedInstancesCount": now.failed}
+            if now.failed:
+                return now.delivered / total, Outcome(state, NETWORK_PROTOCOL, (
+                    f"{now.failed} of {total} instances failed: see "
+                    f"/queue/{destination}?state=failed"))
+            if now.delivered == total:
+                return 1.0, Outcome(state)
+            return now.delivered / total, None
+
+        return jobs.track("DicomModalityStore", content, poll,
+                          lambda: self.cancel(destination, entry_ids))
 
     def recent_failures(self, limit: int = 10) -> list[Any]:
         return queue.recent_failures(limit)

@@ -1,10 +1,12 @@
 """``/modalities/{name}/echo|query|move|get`` and ``/queries``: Orthanc's query/retrieve routes
 over ``dicom.queryretrieve``.
 
-As Orthanc: a failed echo or retrieve is 500 with the reason; retrieves are synchronous and
-answer with the job's content (``Description``, ``LocalAet``, ``RemoteAet``, ``Query``,
-``TargetAet``) plus the sub-operation counts. Queries and echoes are open to viewers (they
-change nothing here); retrieves write into the store or send elsewhere: administrators only.
+As Orthanc: a failed echo or retrieve is 500 with the reason; a synchronous retrieve answers
+with the job's content (``Description``, ``LocalAet``, ``RemoteAet``, ``Query``,
+``TargetAet``) plus the sub-operation counts; an asynchronous one (``"Asynchronous": true`` or
+``"Synchronous": false``) is checked, then runs as a job and answers ``{"ID", "Path"}``.
+Queries and echoes are open to viewers (they change nothing here); retrieves write into the
+store or send elsewhere: administrators only.
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ from typing import Any
 
 import bottle
 
-from ...dicom import orthanc_json, remote
-from ...dicom.queryretrieve import ORTHANC_LEVELS, QueryRetrieve, Retrieved, UnknownQuery
+from ...dicom import remote
+from ...dicom.queryretrieve import (
+    ORTHANC_LEVELS,
+    QueryRetrieve,
+    Retrieval,
+    Retrieved,
+    UnknownQuery,
+)
 from ...dicom.scu import AssociationFailed
+from ...jobs import Jobs
 from .common import as_json, fail, json_body, tags_as_asked
+from .jobs import started
 
 QUERY_KEYS = {"Level", "Query", "Normalize", "Timeout"}
 ECHO_KEYS = {"Timeout", "CheckFind"}
@@ -61,10 +71,14 @@ def options(body: Any, allowed: set[str], required: tuple[str, ...] = ()) -> dic
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                                 or not 0 <= timeout <= 3600):
         fail(400, "Timeout must be a number of seconds (0-3600)")
-    if body.get("Synchronous") is False or body.get("Asynchronous") is True:
-        fail(400, "asynchronous retrieves are not supported: omit Synchronous/Asynchronous "
-                  "and the request waits for the outcome")
+    for key in ("Synchronous", "Asynchronous"):
+        if not isinstance(body.get(key, False), bool):
+            fail(400, f"{key} must be true or false")
     return body
+
+
+def asynchronous(body: dict[str, Any]) -> bool:
+    return body.get("Synchronous") is False or body.get("Asynchronous") is True
 
 
 def optional_body(allowed: set[str]) -> dict[str, Any]:
@@ -124,18 +138,16 @@ def target_of(body: dict[str, Any]) -> str:
     return target
 
 
-def outcome(done: Retrieved, what: str) -> Any:
-    """The job's content as Orthanc answers a synchronous retrieve; 500 if it failed."""
+def run(plan: Retrieval, body: dict[str, Any], jobs: Jobs) -> Any:
+    """As a job (``{"ID", "Path"}`` at once), or synchronously: the job's content, 500 if it
+    failed."""
+    if asynchronous(body):
+        return started(jobs.submit(plan.job_type, plan.content(), plan.work))
+    done: Retrieved = guarded(plan.run)
+    what = "C-GET" if plan.into_store else "C-MOVE"
     if not done.ok:
-        fail(500, f"{what} from {done.remote_aet}: {done.summary()}")
-    answer = {"Description": "REST API", "LocalAet": done.local_aet,
-              "RemoteAet": done.remote_aet,
-              "Query": [orthanc_json.short(i) for i in done.identifiers],
-              "Completed": done.count("completed"), "Failed": done.count("failed"),
-              "Warning": done.count("warning")}
-    if done.target_aet:
-        answer["TargetAet"] = done.target_aet
-    return as_json(answer)
+        fail(500, f"{what} from {plan.modality.aet}: {done.summary()}")
+    return as_json(done.content())
 
 
 def plain(text: str) -> str:
@@ -143,7 +155,7 @@ def plain(text: str) -> str:
     return text
 
 
-def install(app: bottle.Bottle, service: QueryRetrieve) -> None:
+def install(app: bottle.Bottle, service: QueryRetrieve, jobs: Jobs) -> None:
     @app.post("/modalities/<name>/echo", role="viewer")
     def echo(name: str) -> Any:
         """C-ECHO a remote node: ``{}``, or 500 with the reason
@@ -170,19 +182,19 @@ def install(app: bottle.Bottle, service: QueryRetrieve) -> None:
 
     @app.post("/modalities/<name>/move")
     def move(name: str) -> Any:
-        """C-MOVE from a remote node to us or to ``TargetAet`` (synchronous)"""
+        """C-MOVE from a remote node to us or to ``TargetAet`` (or as a job: Asynchronous)"""
         body = options(json_body(), MOVE_KEYS, ("Level", "Resources"))
-        done = guarded(lambda: service.move(name, level_of(body), resources_of(body),
+        plan = guarded(lambda: service.move(name, level_of(body), resources_of(body),
                                             target_of(body), body.get("Timeout")))
-        return outcome(done, "C-MOVE")
+        return run(plan, body, jobs)
 
     @app.post("/modalities/<name>/get")
     def get(name: str) -> Any:
-        """C-GET from a remote node into the store (synchronous)"""
+        """C-GET from a remote node into the store (or as a job: Asynchronous)"""
         body = options(json_body(), GET_KEYS, ("Level", "Resources"))
-        done = guarded(lambda: service.get(name, level_of(body), resources_of(body),
+        plan = guarded(lambda: service.get(name, level_of(body), resources_of(body),
                                            body.get("Timeout")))
-        return outcome(done, "C-GET")
+        return run(plan, body, jobs)
 
     @app.get("/queries")
     def queries() -> Any:
@@ -252,9 +264,9 @@ def install(app: bottle.Bottle, service: QueryRetrieve) -> None:
         """Retrieve every answer, or one: C-MOVE (to us or TargetAet) or C-GET
 
         The body: the target AE title as text, or ``{"TargetAet", "RetrieveMethod",
-        "Timeout"}``."""
+        "Timeout", "Asynchronous"}``."""
         body = retrieve_body()
         use_get = METHODS[body.get("RetrieveMethod", "C-MOVE")]
-        done = guarded(lambda: service.retrieve(query_id, index, target_of(body), use_get,
+        plan = guarded(lambda: service.retrieve(query_id, index, target_of(body), use_get,
                                                 body.get("Timeout")))
-        return outcome(done, "C-GET" if use_get else "C-MOVE")
+        return run(plan, body, jobs)

@@ -15,10 +15,12 @@ import bottle
 
 from ...config import ConfigError
 from ...index import resources
+from ...jobs import Jobs
 from ...routing.service import Routing, UnknownResource, modality_json
 from .common import as_json as _json
 from .common import fail
 from .common import json_body as _body
+from .jobs import started
 
 MODALITY_KEYS = {"AET": "aet", "Host": "host", "Port": "port", "Allow": "allow",
                  "Concurrency": "concurrency"}
@@ -57,7 +59,7 @@ def resource_level(public_id: str) -> str:
     raise UnknownResource(f"unknown resource {public_id!r}")
 
 
-def install(app: bottle.Bottle, routing: Routing) -> None:
+def install(app: bottle.Bottle, routing: Routing, jobs: Jobs) -> None:
     @app.get("/modalities")
     def modalities() -> Any:
         items = routing.modalities()
@@ -85,10 +87,13 @@ def install(app: bottle.Bottle, routing: Routing) -> None:
 
     @app.post("/modalities/<name>/store", role="viewer")  # viewers may send to known nodes
     def store(name: str) -> Any:
-        """Orthanc's body: an ID, a list of IDs, or ``{"Resources": [...], "Asynchronous",
-        "Timeout"}``. Always through the durable queue: asynchronous answers at once with
-        what was queued; synchronous waits for the outcome (502 if some instance was refused
-        or is still waiting — those stay queued and are retried)."""
+        """Send resources (an ID, a list, or {"Resources", "Asynchronous", "Timeout"})
+
+        Orthanc's body: an ID, a list of IDs, or ``{"Resources": [...], "Asynchronous",
+        "Timeout"}``. Always through the durable queue: asynchronous answers at once with a
+        job (``{"ID", "Path"}``) that follows the queued instances to delivery; synchronous
+        waits for the outcome (502 if some instance was refused or is still waiting — those
+        stay queued and are retried)."""
         body = _body()
         options = body if isinstance(body, dict) else {}
         ids = options.get("Resources") if isinstance(body, dict) else body
@@ -98,13 +103,15 @@ def install(app: bottle.Bottle, routing: Routing) -> None:
         timeout = options.get("Timeout", 60)
         if not isinstance(timeout, (int, float)) or timeout < 0:
             fail(400, "Timeout must be a number of seconds")
+        if not isinstance(options.get("Asynchronous", False), bool):
+            fail(400, "Asynchronous must be true or false")
         entries: list[int] = guarded(lambda: routing.queue_resources(
             [(resource_level(i), i) for i in ids], name))
         answer = {"Description": "REST API", "LocalAet": routing.configs.current.dicom.aet,
                   "RemoteAet": routing.modalities()[name].aet, "ParentResources": ids,
                   "InstancesCount": len(entries), "Queued": len(entries)}
         if options.get("Asynchronous"):
-            return _json(answer)
+            return started(routing.track(jobs, name, entries, answer))
         delivered, refused, waiting = routing.wait(entries, float(timeout))
         answer.update(FailedInstancesCount=refused + waiting, Delivered=delivered,
                       Refused=refused, Waiting=waiting)
