@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -85,34 +85,54 @@ def image_key() -> str:
 @pytest.fixture(scope="session")
 def image() -> Path:
     """The test image of this tree: built once, then reused from the cache."""
+    return cached_image("test", ["--debug-shell"])
+
+
+@pytest.fixture(scope="session")
+def ssh_image() -> tuple[Path, Path]:
+    """An image built as a customer would with ``--ssh-key`` (no debug shell), and the private
+    key it trusts (made with the image, kept beside it in the root-only cache)."""
+    key = CACHE / f"ssh-{image_key()}" / "id_ed25519"
+
+    def make_key() -> list[str]:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)
+        return ["--ssh-key", f"{key}.pub"]
+
+    return cached_image("ssh", make_key), key
+
+
+def cached_image(kind: str, options: list[str] | Callable[[], list[str]]) -> Path:
+    """``image/build OPTIONS`` of this tree, built once and then reused from the cache."""
     if QEMU is None:
         pytest.skip("qemu-system-x86_64 is not installed (tools/test installs qemu-system-x86)")
-    out = CACHE / f"test-{image_key()}"
+    out = CACHE / f"{kind}-{image_key()}"
     raw = out / "appliance-amd64.raw"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another checkout of the same tree may be building it
         if not raw.exists():
-            build_test_image(out)
+            build_image(out, kind, options() if callable(options) else options)
     return raw
 
 
-def build_test_image(out: Path) -> None:
-    """image/build --debug-shell with the test configuration, logged to test-artifacts."""
-    for old in CACHE.glob("test-*"):  # images of other trees, unless still in use today
-        if old.is_dir() and time.time() - old.stat().st_mtime > 86400:
+def build_image(out: Path, kind: str, options: list[str]) -> None:
+    """image/build OPTIONS with the test configuration, logged to test-artifacts."""
+    for old in CACHE.glob(f"{kind}-*"):  # images of other trees, unless still in use today
+        if old.is_dir() and old != out and time.time() - old.stat().st_mtime > 86400:
             shutil.rmtree(old, ignore_errors=True)
-    command = [str(ROOT / "image" / "build"), "--debug-shell", "--config", str(TEST_CONFIG),
+    command = [str(ROOT / "image" / "build"), *options, "--config", str(TEST_CONFIG),
                "--out", str(out)]
     if os.getuid() != 0:
         command = ["sudo", *command]
     ARTIFACTS.mkdir(exist_ok=True)
     started = time.monotonic()
-    with open(ARTIFACTS / "image-build.log", "w") as log:
+    with open(ARTIFACTS / f"image-build-{kind}.log", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=1200)
-    MEASUREMENTS["build_seconds"] = round(time.monotonic() - started, 1)
+    MEASUREMENTS[f"build_seconds_{kind}"] = round(time.monotonic() - started, 1)
     compressed = (out / "appliance-amd64.raw.zst").stat().st_size
-    MEASUREMENTS["compressed_mb"] = round(compressed / 1e6, 1)
+    MEASUREMENTS[f"compressed_mb_{kind}"] = round(compressed / 1e6, 1)
 
 
 class Vm:
@@ -126,6 +146,7 @@ class Vm:
                         str(self.disk), "6G"], check=True)
         self.dicom_port = free_port()
         self.http_port = free_port()
+        self.ssh_port = free_port()
         self.boots = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.shell: socket.socket | None = None
@@ -133,7 +154,8 @@ class Vm:
 
     def command(self) -> list[str]:
         forwards = (f"hostfwd=tcp:127.0.0.1:{self.dicom_port}-:4242,"
-                    f"hostfwd=tcp:127.0.0.1:{self.http_port}-:8042")
+                    f"hostfwd=tcp:127.0.0.1:{self.http_port}-:8042,"
+                    f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22")
         return [
             str(QEMU), "-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max",
             "-smp", "2", "-m", "1024", "-bios", str(OVMF), "-display", "none", "-monitor", "none",
@@ -265,6 +287,32 @@ def test_units_verify_in_the_image(vm: Vm) -> None:
     units = vm.check("ls /etc/systemd/system/appliance*.service").split()
     assert "/etc/systemd/system/appliance.service" in units
     assert vm.sh(f"systemd-analyze verify {' '.join(units)}") == (0, "")
+
+
+def test_ssh_image_lets_in_its_key_and_nothing_else(ssh_image: tuple[Path, Path],
+                                                   tmp_path_factory: pytest.TempPathFactory
+                                                   ) -> None:
+    """``--ssh-key``: root logs in with that key (host keys made at first boot), without it
+    nobody does; the appliance runs as in any image."""
+    raw, key = ssh_image
+    machine = Vm(raw, tmp_path_factory.mktemp("ssh-vm"))
+    try:
+        machine.boot()
+
+        def ssh(*options: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", *options,
+                 "-p", str(machine.ssh_port), "root@127.0.0.1",
+                 "systemctl is-active appliance; systemctl is-system-running --wait"],
+                capture_output=True, text=True, timeout=120)
+
+        wait_for(lambda: ssh("-i", str(key)).returncode == 0, 300, "an SSH login with the key")
+        assert ssh("-i", str(key)).stdout.split() == ["active", "running"]
+        refused = ssh("-o", "PubkeyAuthentication=no", "-o", "PasswordAuthentication=yes")
+        assert refused.returncode == 255 and "Permission denied (publickey)" in refused.stderr
+    finally:
+        machine.power_cut()
 
 
 def test_ssh_key_unit_verifies() -> None:
