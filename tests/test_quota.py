@@ -78,6 +78,9 @@ def test_nothing_to_free_refuses_with_a700_and_keeps_the_store(appliance_factory
         checks = app.get("/health").json()["checks"]
         return dict(next(c for c in checks if c["name"] == "quota"))
 
+    (upload,) = make_series(tmp_path / "upload", 1, patient_id="U")
+    r = app.session.post(f"{app.url}/instances", data=upload.read_bytes(), timeout=60)
+    assert r.status_code == 507 and "store is full" in r.json()["Message"], r.text
     wait_for(lambda: quota_check()["status"] == "failing", 60, "the health check to say full")
     assert "max_studies" in quota_check()["reason"]
     assert study_uids(app) == set(kept)
