@@ -395,6 +395,26 @@ def test_cancel_get(big_app: ApplianceProcess) -> None:
     assert final.NumberOfCompletedSuboperations + final.NumberOfRemainingSuboperations == 300
 
 
+def test_get_pending_responses_between_stores(big_app: ApplianceProcess, tmp_path: Path
+                                              ) -> None:
+    """Pending C-GET responses travel between the C-STOREs, never inside one (getscu reports
+    "Unexpected PDV type" otherwise), with counts that add up."""
+    out = tmp_path / "get"
+    out.mkdir()
+    result = dcmtk("getscu", "-S", "-aet", "FINDSCU", "-aec", big_app.aet, "-od", str(out),
+                   "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={BIG}",
+                   "127.0.0.1", str(big_app.dicom_port), timeout=120)
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith(("E:", "F:"))] == []
+    assert len(list(out.iterdir())) == 300
+    responses = pynetdicom_get(big_app, sc.StudyRootQueryRetrieveInformationModelGet,
+                               ident("STUDY", StudyInstanceUID=BIG), lambda event: 0x0000)
+    *pending, final = [status for status, _ in responses]
+    assert pending and all(p.Status == 0xFF00 for p in pending)
+    assert all(p.NumberOfRemainingSuboperations + p.NumberOfCompletedSuboperations == 300
+               for p in pending)
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 300
+
+
 # --- C-MOVE -----------------------------------------------------------------------------------
 
 

@@ -24,21 +24,23 @@ from pathlib import Path
 from pynetdicom.dimse_primitives import C_CANCEL
 
 from .faststore import (
-    _ELEMENT,
     _PDU_HEADER,
     COMMAND,
     LAST,
+    NO_DATASET,
     P_DATA_TF,
     Malformed,
     _padded,
     _ui,
     command_pdus,
+    command_set,
     parse_command,
     split_pdvs,
 )
 from .reactor import EventDUL, _quickack
 
-C_STORE_RQ, C_STORE_RSP, C_CANCEL_RQ = 0x0001, 0x8001, 0x0FFF
+C_STORE_RQ, C_STORE_RSP, C_GET_RSP, C_CANCEL_RQ = 0x0001, 0x8001, 0x8010, 0x0FFF
+PENDING = 0xFF00
 CHUNK = 1 << 20  # bytes of a file read at once
 MAX_RESPONSE = 1 << 16  # bytes: a C-STORE-RSP command is a few hundred
 
@@ -74,8 +76,22 @@ def store_command(context_sop_class: str, sop_instance: str, message_id: int,
     if originator is not None:
         elements += [(0x1030, _padded(originator[0])),
                      (0x1031, struct.pack("<H", originator[1]))]
-    body = b"".join(_ELEMENT.pack(0, tag, len(value)) + value for tag, value in elements)
-    return _ELEMENT.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
+    return command_set(elements)
+
+
+def get_pending_command(sop_class: str, message_id: int, counts: tuple[int, int, int, int]
+                        ) -> bytes:
+    """A pending C-GET-RSP without identifier (PS3.7 9.3.3.2): the counts of remaining,
+    completed, failed and warning sub-operations."""
+    elements = [
+        (0x0002, _ui(sop_class)),
+        (0x0100, struct.pack("<H", C_GET_RSP)),
+        (0x0120, struct.pack("<H", message_id)),
+        (0x0800, struct.pack("<H", NO_DATASET)),
+        (0x0900, struct.pack("<H", PENDING)),
+    ]
+    elements += [(0x1020 + i, struct.pack("<H", n)) for i, n in enumerate(counts)]
+    return command_set(elements)
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,16 @@ class FastSender:
             self._send_dataset(sock, path, context_id)
             return self._response(sock, message_id)
         except (OSError, EOFError, Malformed) as exc:
+            raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """Write a command without dataset (a pending C-GET response) in turn with the
+        C-STOREs: the DUL thread would write it whenever it runs, possibly between a C-STORE's
+        command and its dataset (PS3.8 9.3.5.1 forbids interleaving messages)."""
+        self.hold()
+        try:
+            self.sock.sendall(command_pdus(context_id, command, self.max_pdu))
+        except OSError as exc:
             raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
 
     def _send_dataset(self, sock: socket.socket, path: Path, context_id: int) -> None:

@@ -234,6 +234,21 @@ class StoreSession:
             if isinstance(payload, Path) and payload != item.path:
                 payload.unlink(missing_ok=True)  # a decompressed temporary copy
 
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """Write a command set through the fast path (``fast`` must be set); a broken
+        connection aborts the association, as a failed C-STORE does."""
+        assert self.fast is not None
+        try:
+            self.fast.send_command(context_id, command)
+        except SendFailed as exc:
+            log.warning("association lost: %s", exc)
+            self._abort()
+
+    def _abort(self) -> None:
+        if self.fast is not None:
+            self.fast.unhold()
+        self.assoc.abort()
+
     def _send(self, item: Outgoing, payload: Path | Dataset, syntax: str, msg_id: int) -> int:
         if isinstance(payload, Path) and self.fast is not None:
             context_id = self._context_id(item.sop_class_uid, syntax)
@@ -241,8 +256,7 @@ class StoreSession:
                 response = self.fast.send(payload, context_id, item.sop_class_uid, item.sop_uid,
                                           msg_id, self.originator)
             except (SendFailed, OSError) as exc:
-                self.fast.unhold()
-                self.assoc.abort()
+                self._abort()
                 return self._fail(item, str(exc))
             return response.status
         if self.fast is not None:
