@@ -359,9 +359,11 @@ def test_cancel_move(big_app: ApplianceProcess, storescp: StoreSCP) -> None:
 
 
 def pynetdicom_get(app: ApplianceProcess, model: str, identifier: Dataset,
-                   on_store: Callable[[Any], int], msg_id: int = 1) -> list[Any]:
+                   on_store: Callable[[Any], int], msg_id: int = 1, max_pdu: int = 16382
+                   ) -> list[Any]:
     """C-GET of CT instances with pynetdicom (exact statuses); ``on_store`` answers each."""
     ae = AE(ae_title="FINDSCU")
+    ae.maximum_pdu_size = max_pdu
     ae.add_requested_context(model)
     ae.add_requested_context(sc.CTImageStorage)
     assoc = ae.associate("127.0.0.1", app.dicom_port, ae_title=app.aet,
@@ -538,6 +540,22 @@ def test_get_counts_with_pynetdicom(world: World) -> None:
     final = responses[-1][0]
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3
     assert len(set(received)) == 3
+
+
+def test_get_in_small_pdus(world: World) -> None:
+    """A requestor taking PDUs of 1 KB gets each stored dataset whole, in many PDVs."""
+    received: dict[str, Dataset] = {}
+
+    def on_store(event: Any) -> int:
+        received[event.request.AffectedSOPInstanceUID] = event.dataset
+        return 0x0000
+
+    responses = pynetdicom_get(world.app, sc.StudyRootQueryRetrieveInformationModelGet,
+                               ident("STUDY", StudyInstanceUID=S1), on_store, max_pdu=1024)
+    assert responses[-1][0].Status == 0x0000
+    sources = {ds.SOPInstanceUID: ds for ds in map(dcmread, (world.root / "in" / "s1").iterdir())}
+    assert received.keys() == sources.keys()
+    assert all(received[uid] == sources[uid] for uid in sources)
 
 
 # --- settings ---------------------------------------------------------------------------------
