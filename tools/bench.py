@@ -1444,7 +1444,8 @@ def queue_pending(server: Server) -> int:
     """Entries the appliance still has to deliver (``GET /queue``); 0 for other servers."""
     if not isinstance(server, Appliance):
         return 0
-    r = requests.get(f"http://{LOOPBACK}:{server.http_port}/queue", timeout=10)
+    r = requests.get(f"http://{LOOPBACK}:{server.http_port}/queue", timeout=10,
+                     headers=server.headers)
     r.raise_for_status()
     return sum(int(d["Pending"]) + int(d["Failed"]) for d in r.json().values())
 
