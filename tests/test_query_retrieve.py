@@ -359,9 +359,11 @@ def test_cancel_move(big_app: ApplianceProcess, storescp: StoreSCP) -> None:
 
 
 def pynetdicom_get(app: ApplianceProcess, model: str, identifier: Dataset,
-                   on_store: Callable[[Any], int], msg_id: int = 1) -> list[Any]:
+                   on_store: Callable[[Any], int], msg_id: int = 1, max_pdu: int = 16382
+                   ) -> list[Any]:
     """C-GET of CT instances with pynetdicom (exact statuses); ``on_store`` answers each."""
     ae = AE(ae_title="FINDSCU")
+    ae.maximum_pdu_size = max_pdu
     ae.add_requested_context(model)
     ae.add_requested_context(sc.CTImageStorage)
     assoc = ae.associate("127.0.0.1", app.dicom_port, ae_title=app.aet,
@@ -393,6 +395,26 @@ def test_cancel_get(big_app: ApplianceProcess) -> None:
     assert final.Status == 0xFE00
     assert final.NumberOfCompletedSuboperations == len(received) < 300
     assert final.NumberOfCompletedSuboperations + final.NumberOfRemainingSuboperations == 300
+
+
+def test_get_pending_responses_between_stores(big_app: ApplianceProcess, tmp_path: Path
+                                              ) -> None:
+    """Pending C-GET responses travel between the C-STOREs, never inside one (getscu reports
+    "Unexpected PDV type" otherwise), with counts that add up."""
+    out = tmp_path / "get"
+    out.mkdir()
+    result = dcmtk("getscu", "-S", "-aet", "FINDSCU", "-aec", big_app.aet, "-od", str(out),
+                   "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={BIG}",
+                   "127.0.0.1", str(big_app.dicom_port), timeout=120)
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith(("E:", "F:"))] == []
+    assert len(list(out.iterdir())) == 300
+    responses = pynetdicom_get(big_app, sc.StudyRootQueryRetrieveInformationModelGet,
+                               ident("STUDY", StudyInstanceUID=BIG), lambda event: 0x0000)
+    *pending, final = [status for status, _ in responses]
+    assert pending and all(p.Status == 0xFF00 for p in pending)
+    assert all(p.NumberOfRemainingSuboperations + p.NumberOfCompletedSuboperations == 300
+               for p in pending)
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 300
 
 
 # --- C-MOVE -----------------------------------------------------------------------------------
@@ -518,6 +540,22 @@ def test_get_counts_with_pynetdicom(world: World) -> None:
     final = responses[-1][0]
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3
     assert len(set(received)) == 3
+
+
+def test_get_in_small_pdus(world: World) -> None:
+    """A requestor taking PDUs of 1 KB gets each stored dataset whole, in many PDVs."""
+    received: dict[str, Dataset] = {}
+
+    def on_store(event: Any) -> int:
+        received[event.request.AffectedSOPInstanceUID] = event.dataset
+        return 0x0000
+
+    responses = pynetdicom_get(world.app, sc.StudyRootQueryRetrieveInformationModelGet,
+                               ident("STUDY", StudyInstanceUID=S1), on_store, max_pdu=1024)
+    assert responses[-1][0].Status == 0x0000
+    sources = {ds.SOPInstanceUID: ds for ds in map(dcmread, (world.root / "in" / "s1").iterdir())}
+    assert received.keys() == sources.keys()
+    assert all(received[uid] == sources[uid] for uid in sources)
 
 
 # --- settings ---------------------------------------------------------------------------------

@@ -341,9 +341,11 @@ def test_pynetdicom_store_is_bit_for_bit(appliance: ApplianceProcess, path: Path
         ("-xt", "MR_small_jpeg_ls_lossless.dcm", None),  # JPEG-LS lossless
         ("-xr", "MR_small_RLE.dcm", None),  # RLE lossless
         ("-xd", "image_dfl.dcm", None),  # deflated
-        # uncompressed files are converted to the first proposed syntax
+        # uncompressed files are converted to the syntax agreed (Explicit VR Little Endian
+        # when offered), or sent as they are when the file's own syntax was proposed
         ("-xe", "MR_small_bigendian.dcm", "1.2.840.10008.1.2.1"),
-        ("-xb", "CT_small.dcm", "1.2.840.10008.1.2.2"),
+        ("-xb", "MR_small_bigendian.dcm", None),
+        ("-xb", "CT_small.dcm", "1.2.840.10008.1.2.1"),
         ("-xi", "CT_small.dcm", "1.2.840.10008.1.2"),
     ],
 )

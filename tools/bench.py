@@ -6,7 +6,7 @@ Orthanc against storescu sending straight to the destination. It prints a report
 it as JSON); it is not a test.
 
     tools/bench [--sets tiny,small,large] [--quick]
-    tools/bench --qr [--quick]
+    tools/bench --qr [--quick] [--retrieve]
     tools/bench --forward [--sets tiny,small] [--quick]
 
 Every server starts fresh, on free ports, with an empty store in a temporary folder; the sender
@@ -1269,21 +1269,25 @@ def measure_retrieves(lab: Lab, servers: list[Server], dest: Server, study: Data
                            lambda s: timed_get(lab, s, uid, study.files), study.files) or []
 
 
-def run_qr(quick: bool, lab: Lab) -> QrResults:
+def run_qr(quick: bool, lab: Lab, retrieve_only: bool = False) -> QrResults:
     """Fill the appliance and Orthanc to 10 %, time the C-FINDs, fill to 100 %, time them
-    again, then time the retrieves."""
-    first, move, rest = data = [generate(spec) for spec in qr_specs(quick)]
+    again, then time the retrieves. ``retrieve_only``: store just the study to retrieve and
+    time its retrieves (a look in a minute while working on the retrieve path)."""
+    specs = qr_specs(quick)
+    data = [generate(spec) for spec in (specs[1:2] if retrieve_only else specs)]
+    move = data[0] if retrieve_only else data[1]
+    stages = [[move]] if retrieve_only else [data[:2], data[2:]]
     r = QrResults(machine_info(), versions(), quick,
                   {d.name: {"files": d.files, "bytes": d.bytes} for d in data},
                   [], {}, [], [], [], [], [])
-    queries = qr_queries(first_instance(first))
+    queries = [] if retrieve_only else qr_queries(first_instance(data[0]))
     with contextlib.ExitStack() as stack:
         dest = stack.enter_context(lab.running(MoveDest))
         app_config, orthanc_config = qr_configs(dest.dicom_port)
         servers = [stack.enter_context(lab.running(Appliance, app_config)),
                    stack.enter_context(lab.running(Orthanc, orthanc_config))]
         try:
-            for stage in ([first, move], [rest]):
+            for stage in stages:
                 print(f"filling with {', '.join(d.name for d in stage)} ...", flush=True)
                 measure_fill(lab, servers, stage, queries, r)
             measure_retrieves(lab, servers, dest, move, r)
@@ -1359,10 +1363,11 @@ def qr_report(r: QrResults) -> str:
             + f"; at end {load_average()}"]
     out += ["pre-fill (4 parallel storescu per set): " + "; ".join(
         f"{p.server} to {p.total} at {p.rate:.1f} inst/s" for p in r.prefills)]
-    out += ["", f"C-FIND latency: median of {FIND_REPEATS} runs of DCMTK findscu -S (study root,"
-            " TCP_NODELAY=1), process start included, ms;", "  answers checked with findscu -X:"
-            " non-empty and the same unique keys from both servers"]
-    out += find_table(r) + scaling_lines(r)
+    if r.finds:
+        out += ["", f"C-FIND latency: median of {FIND_REPEATS} runs of DCMTK findscu -S (study"
+                " root, TCP_NODELAY=1), process start included, ms;", "  answers checked with"
+                " findscu -X: non-empty and the same unique keys from both servers"]
+        out += find_table(r) + scaling_lines(r)
     out += ["", f"Retrieve of one study, instances/s at the median of {RETRIEVE_REPEATS} runs"
             " (movescu to a DCMTK storescp; getscu -od into a folder)"]
     for tool in ("movescu", "getscu"):
@@ -1439,7 +1444,8 @@ def queue_pending(server: Server) -> int:
     """Entries the appliance still has to deliver (``GET /queue``); 0 for other servers."""
     if not isinstance(server, Appliance):
         return 0
-    r = requests.get(f"http://{LOOPBACK}:{server.http_port}/queue", timeout=10)
+    r = requests.get(f"http://{LOOPBACK}:{server.http_port}/queue", timeout=10,
+                     headers=server.headers)
     r.raise_for_status()
     return sum(int(d["Pending"]) + int(d["Failed"]) for d in r.json().values())
 
@@ -1714,6 +1720,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--qr", action="store_true",
                    help="run only the Query/Retrieve part (issue 3): C-FIND latency and"
                         " movescu/getscu rates against Orthanc, at 10 %% and 100 %% fill")
+    p.add_argument("--retrieve", action="store_true",
+                   help="with --qr: store only the 500-instance study and time its retrieves"
+                        " (no C-FIND, no 100,000-instance fill)")
     p.add_argument("--forward", action="store_true",
                    help="run only the store-and-forward part (issue 4): rates delivered to a"
                         " storescp through the appliance and through Orthanc (Lua"
@@ -1724,6 +1733,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.qr + args.forward + args.quota > 1:
         p.error("--qr, --forward and --quota are separate runs")
+    if args.retrieve and not args.qr:
+        p.error("--retrieve goes with --qr")
     sets = args.sets or ("tiny,small" if args.forward else "tiny,small,large")
     args.sets = [s.strip() for s in sets.split(",") if s.strip()]
     unknown = set(args.sets) - {"tiny", "small", "large"}
@@ -1747,7 +1758,7 @@ def on_sigterm(signum: int, frame: FrameType | None) -> None:
 def run_and_report(args: argparse.Namespace, lab: Lab) -> tuple[str, Path]:
     """Run the part asked for; its report, and the JSON file that keeps it."""
     if args.qr:
-        qr = run_qr(args.quick, lab)
+        qr = run_qr(args.quick, lab, args.retrieve)
         text = qr_report(qr)
         return text, write_qr_json(qr, text)
     if args.quota:

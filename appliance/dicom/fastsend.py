@@ -14,6 +14,7 @@ pynetdicom's service class looks for it.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import struct
@@ -24,21 +25,23 @@ from pathlib import Path
 from pynetdicom.dimse_primitives import C_CANCEL
 
 from .faststore import (
-    _ELEMENT,
     _PDU_HEADER,
     COMMAND,
     LAST,
+    NO_DATASET,
     P_DATA_TF,
     Malformed,
     _padded,
     _ui,
     command_pdus,
+    command_set,
     parse_command,
     split_pdvs,
 )
 from .reactor import EventDUL, _quickack
 
-C_STORE_RQ, C_STORE_RSP, C_CANCEL_RQ = 0x0001, 0x8001, 0x0FFF
+C_STORE_RQ, C_STORE_RSP, C_GET_RSP, C_CANCEL_RQ = 0x0001, 0x8001, 0x8010, 0x0FFF
+PENDING = 0xFF00
 CHUNK = 1 << 20  # bytes of a file read at once
 MAX_RESPONSE = 1 << 16  # bytes: a C-STORE-RSP command is a few hundred
 
@@ -47,16 +50,15 @@ class SendFailed(RuntimeError):
     """The instance could not be sent, or no response came (the association is unusable)."""
 
 
-def dataset_offset(path: Path) -> int:
-    """Where the dataset starts in a Part 10 file: after the preamble, ``DICM`` and the file
-    meta group (PS3.10 7.1), whose (0002,0000) element gives its length."""
-    with open(path, "rb") as f:
-        head = f.read(144)
+def dataset_offset(head: bytes, name: str) -> int:
+    """Where the dataset starts in a Part 10 file whose first bytes are ``head``: after the
+    preamble, ``DICM`` and the file meta group (PS3.10 7.1), whose (0002,0000) element gives
+    its length."""
     if len(head) < 144 or head[128:132] != b"DICM":
-        raise SendFailed(f"{path.name}: not a Part 10 file")
+        raise SendFailed(f"{name}: not a Part 10 file")
     group, element, vr, length = struct.unpack_from("<HH2sH", head, 132)
     if (group, element, vr, length) != (2, 0, b"UL", 4):
-        raise SendFailed(f"{path.name}: the file meta group has no group length")
+        raise SendFailed(f"{name}: the file meta group has no group length")
     return 144 + int(struct.unpack_from("<I", head, 140)[0])
 
 
@@ -74,8 +76,22 @@ def store_command(context_sop_class: str, sop_instance: str, message_id: int,
     if originator is not None:
         elements += [(0x1030, _padded(originator[0])),
                      (0x1031, struct.pack("<H", originator[1]))]
-    body = b"".join(_ELEMENT.pack(0, tag, len(value)) + value for tag, value in elements)
-    return _ELEMENT.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
+    return command_set(elements)
+
+
+def get_pending_command(sop_class: str, message_id: int, counts: tuple[int, int, int, int]
+                        ) -> bytes:
+    """A pending C-GET-RSP without identifier (PS3.7 9.3.3.2): the counts of remaining,
+    completed, failed and warning sub-operations."""
+    elements = [
+        (0x0002, _ui(sop_class)),
+        (0x0100, struct.pack("<H", C_GET_RSP)),
+        (0x0120, struct.pack("<H", message_id)),
+        (0x0800, struct.pack("<H", NO_DATASET)),
+        (0x0900, struct.pack("<H", PENDING)),
+    ]
+    elements += [(0x1020 + i, struct.pack("<H", n)) for i, n in enumerate(counts)]
+    return command_set(elements)
 
 
 @dataclass(frozen=True)
@@ -119,43 +135,67 @@ class FastSender:
         sock = self.sock
         command = store_command(sop_class, sop_instance, message_id, originator)
         try:
-            sock.sendall(command_pdus(context_id, command, self.max_pdu))
-            self._send_dataset(sock, path, context_id)
+            self._send_dataset(sock, path, context_id,
+                               command_pdus(context_id, command, self.max_pdu))
             return self._response(sock, message_id)
         except (OSError, EOFError, Malformed) as exc:
             raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
 
-    def _send_dataset(self, sock: socket.socket, path: Path, context_id: int) -> None:
-        size = max(1, self.max_pdu - 6) if self.max_pdu else CHUNK
-        offset = dataset_offset(path)
-        with open(path, "rb") as f:
-            f.seek(offset)
-            remaining = path.stat().st_size - offset
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """Write a command without dataset (a pending C-GET response) in turn with the
+        C-STOREs: the DUL thread would write it whenever it runs, possibly between a C-STORE's
+        command and its dataset (PS3.8 9.3.5.1 forbids interleaving messages)."""
+        self.hold()
+        try:
+            self.sock.sendall(command_pdus(context_id, command, self.max_pdu))
+        except OSError as exc:
+            raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    def _send_dataset(self, sock: socket.socket, path: Path, context_id: int,
+                      command: bytes) -> None:
+        """The command's PDUs, then the dataset's bytes as PDVs no larger than the peer takes,
+        written a ``CHUNK`` at a time: a small instance is one read and one write."""
+        size = min(self.max_pdu - 6, CHUNK) if self.max_pdu > 6 else CHUNK
+        with open(path, "rb", buffering=0) as f:
+            data = memoryview(f.read(CHUNK))
+            start = dataset_offset(bytes(data[:144]), path.name)
+            left = os.fstat(f.fileno()).st_size - start
+            if left < 0:
+                raise EOFError(f"{path.name} ends inside its file meta group")
+            data = data[start:]
+            out: list[bytes | memoryview] = [command]
             while True:
-                piece = f.read(min(size, CHUNK, remaining) if remaining else 0)
-                remaining -= len(piece)
-                last = remaining <= 0
-                control = LAST if last else 0
-                sock.sendall(_PDU_HEADER.pack(P_DATA_TF, 0, len(piece) + 6)
-                             + struct.pack(">IBB", len(piece) + 2, context_id, control) + piece)
-                if last:
+                if len(data) < min(size, left):
+                    more = f.read(CHUNK)
+                    if not more:
+                        raise EOFError(f"{path.name} ends before its size")
+                    data = memoryview(bytes(data) + more)
+                piece, data = data[:min(size, left)], data[min(size, left):]
+                left -= len(piece)
+                out += [_PDU_HEADER.pack(P_DATA_TF, 0, len(piece) + 6), struct.pack(
+                    ">IBB", len(piece) + 2, context_id, 0 if left > 0 else LAST), piece]
+                if left <= 0 or len(data) < size:
+                    sock.sendall(b"".join(out))
+                    out = []
+                if left <= 0:
                     return
 
     def _response(self, sock: socket.socket, message_id: int) -> Response:
         command = bytearray()
         deadline = time.monotonic() + self.timeout
         while True:
-            header = self._recv(sock, 6, deadline)
+            header = self._recv(sock, 6, deadline, waiting=True)
             pdu_type, _, length = _PDU_HEADER.unpack(header)
             if length > MAX_RESPONSE:
                 raise Malformed(f"a PDU of {length} bytes where a C-STORE response belongs")
+            body = self._recv(sock, length, deadline)
+            _quickack(sock)
             if pdu_type != P_DATA_TF:
-                body = self._recv(sock, length, deadline)
                 self.unhold()
                 self.dul.hand_over(bytearray(header + body))  # pynetdicom ends the association
                 raise SendFailed(f"the peer sent PDU type 0x{pdu_type:02X} instead of a "
                                  "C-STORE response")
-            pdvs = memoryview(self._recv(sock, length, deadline))
+            pdvs = memoryview(body)
             for pdv in split_pdvs(pdvs):
                 if not pdv.control & COMMAND:
                     raise Malformed("a dataset in a C-STORE response")
@@ -187,15 +227,21 @@ class FastSender:
         return Response(int(status), comment)
 
     @staticmethod
-    def _recv(sock: socket.socket, n: int, deadline: float) -> bytes:
+    def _recv(sock: socket.socket, n: int, deadline: float, waiting: bool = False) -> bytes:
+        """``n`` bytes; ``waiting``: none are there yet (otherwise they usually are: the body
+        of a PDU arrives with its header), so wait before reading."""
         data = bytearray()
         while len(data) < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
-                raise TimeoutError("no C-STORE response within the DIMSE timeout")
-            got = sock.recv(n - len(data))
+            if waiting:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                    raise TimeoutError("no C-STORE response within the DIMSE timeout")
+            try:
+                got = sock.recv(n - len(data), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                waiting = True
+                continue
             if not got:
                 raise EOFError("the peer closed the connection")
             data += got
-        _quickack(sock)
         return bytes(data)

@@ -140,6 +140,12 @@ def store_response(request: StoreRequest, status: int, comment: str = "") -> byt
     if comment:
         elements.append((0x0902, _padded(comment[:64])))
     elements.append((0x1000, _ui(request.sop_instance)))
+    return command_set(elements)
+
+
+def command_set(elements: list[tuple[int, bytes]]) -> bytes:
+    """A command set from (element, value) pairs of group 0000 in ascending order, implicit VR
+    LE, led by its group length (PS3.7 6.3.1, E.1)."""
     body = b"".join(_ELEMENT.pack(0, tag, len(value)) + value for tag, value in elements)
     return _ELEMENT.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
 

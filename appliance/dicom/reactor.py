@@ -361,6 +361,15 @@ def tune_socket(sock: socket.socket) -> None:
 class EventRequestHandler(RequestHandler):
     """pynetdicom's request handler, building event-driven associations on tuned sockets."""
 
+    def handle(self) -> None:
+        """As ``RequestHandler.handle``, with the DUL thread started before the association's
+        (as pynetdicom's requestors do): it reads the A-ASSOCIATE-RQ meanwhile."""
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.dul.start()
+        assoc._started_dul = True
+        assoc.start()
+
     def _create_association(self) -> Association:
         """As ``RequestHandler._create_association``, with our association and socket."""
         tune_socket(self.request)
@@ -403,3 +412,9 @@ class EventServer(ThreadedAssociationServer):
     daemon_threads = True
     receiver: ReceiverFactory | None = None  # reads PDUs of established associations
     on_served: Callable[[str, float], None] | None = None  # (primitive class, seconds): metrics
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Build and start the association in the listening thread: that only creates objects
+        and starts the association's own threads, and a thread more per connection (as
+        ``ThreadingMixIn`` starts) delays the A-ASSOCIATE-AC of every short C-FIND or C-ECHO."""
+        self.process_request_thread(request, client_address)

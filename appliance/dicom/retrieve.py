@@ -37,6 +37,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.status import code_to_category
 
 from ..config import DicomSettings, Modality
+from .fastsend import get_pending_command
 from .scu import AssociationFailed, Outgoing, StoreSession
 
 log = logging.getLogger("appliance.dicom.retrieve")
@@ -154,8 +155,9 @@ class RetrieveServiceClass(QueryRetrieveServiceClass):
             self._final(rsp, context, ALL_FAILED, progress, "cannot reach the destination")
             return
         try:
+            own = session if plan.destination is None else None
             progress = run(session, plan.items, int(req.MessageID),
-                           lambda p: self._pending(rsp, context, p),
+                           lambda p: self._pending(rsp, context, p, own),
                            lambda: self.is_cancelled(req.MessageID))
         finally:
             if plan.destination is not None:
@@ -190,7 +192,15 @@ class RetrieveServiceClass(QueryRetrieveServiceClass):
             log.warning("C-MOVE to %s: %s", plan.destination.aet, exc)
             return None
 
-    def _pending(self, rsp: Any, context: PresentationContext, progress: Progress) -> None:
+    def _pending(self, rsp: Any, context: PresentationContext, progress: Progress,
+                 own: StoreSession | None) -> None:
+        """A pending response; for C-GET (``own``: the session on the requestor's association)
+        written by the sending thread, in turn with the sub-operations."""
+        if own is not None and own.fast is not None:
+            counts = (progress.remaining, progress.completed, progress.failed, progress.warning)
+            own.send_command(cast(int, context.context_id), get_pending_command(
+                str(rsp.AffectedSOPClassUID), int(rsp.MessageIDBeingRespondedTo), counts))
+            return
         rsp.Status = PENDING
         rsp.Identifier = None
         self._counts(rsp, progress, remaining=True)

@@ -24,9 +24,12 @@ from .reactor import EventRequestHandler, EventServer
 log = logging.getLogger("appliance.dicom")
 
 # Every transfer syntax pynetdicom knows: the dataset is stored as received, never re-encoded.
+# The acceptor picks the first of these that a proposed context offers: Explicit VR Little
+# Endian first (as DCMTK and Orthanc prefer), so that a C-GET requestor proposing the usual
+# uncompressed trio gets stored files untouched instead of re-encoded ones.
 TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline

@@ -174,6 +174,7 @@ class StoreSession:
         self.last_error = ""  # why the last ``send`` returned FAILED
         self.sent = 0  # message IDs of our own: 1, 2, ...
         self.fast: FastSender | None = None  # set on associations we opened (``open``)
+        self._by_class: dict[str, dict[str, int]] | None = None  # see ``_contexts``
 
     @classmethod
     def open(cls, settings: DicomSettings, modality: Modality, items: Iterable[Outgoing],
@@ -234,6 +235,21 @@ class StoreSession:
             if isinstance(payload, Path) and payload != item.path:
                 payload.unlink(missing_ok=True)  # a decompressed temporary copy
 
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """Write a command set through the fast path (``fast`` must be set); a broken
+        connection aborts the association, as a failed C-STORE does."""
+        assert self.fast is not None
+        try:
+            self.fast.send_command(context_id, command)
+        except SendFailed as exc:
+            log.warning("association lost: %s", exc)
+            self._abort()
+
+    def _abort(self) -> None:
+        if self.fast is not None:
+            self.fast.unhold()
+        self.assoc.abort()
+
     def _send(self, item: Outgoing, payload: Path | Dataset, syntax: str, msg_id: int) -> int:
         if isinstance(payload, Path) and self.fast is not None:
             context_id = self._context_id(item.sop_class_uid, syntax)
@@ -241,8 +257,7 @@ class StoreSession:
                 response = self.fast.send(payload, context_id, item.sop_class_uid, item.sop_uid,
                                           msg_id, self.originator)
             except (SendFailed, OSError) as exc:
-                self.fast.unhold()
-                self.assoc.abort()
+                self._abort()
                 return self._fail(item, str(exc))
             return response.status
         if self.fast is not None:
@@ -260,10 +275,19 @@ class StoreSession:
         return int(code)
 
     def _context_id(self, sop_class: str, syntax: str) -> int:
-        return next(
-            int(cx.context_id) for cx in self.assoc.accepted_contexts  # type: ignore[arg-type]
-            if cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax and cx.as_scu
-        )
+        return self._contexts()[sop_class][syntax]
+
+    def _contexts(self) -> dict[str, dict[str, int]]:
+        """Accepted contexts where we are the SCU: context ID by transfer syntax by SOP class,
+        built once (pynetdicom sorts them anew on each look, and a C-GET requestor may have
+        proposed a hundred)."""
+        if self._by_class is None:
+            self._by_class = {}
+            for cx in self.assoc.accepted_contexts:
+                if cx.as_scu:
+                    syntaxes = self._by_class.setdefault(str(cx.abstract_syntax), {})
+                    syntaxes.setdefault(str(cx.transfer_syntax[0]), int(cx.context_id or 0))
+        return self._by_class
 
     def _fail(self, item: Outgoing, reason: str) -> int:
         log.warning("instance %s not sent: %s", item.sop_uid, reason)
@@ -271,10 +295,7 @@ class StoreSession:
         return FAILED
 
     def _accepted_syntaxes(self, sop_class: str) -> set[str]:
-        return {
-            str(cx.transfer_syntax[0]) for cx in self.assoc.accepted_contexts
-            if cx.abstract_syntax == sop_class and cx.as_scu
-        }  # fmt: skip
+        return set(self._contexts().get(sop_class, ()))
 
     def _convert(self, item: Outgoing, accepted: set[str]
                  ) -> tuple[Path | Dataset, str] | str:
