@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 IDLE_SECONDS = 60.0  # the helper process exits after this long without work
 TIMEOUT = 120.0  # most seconds one job may take
+PARENT_CHECK = 1.0  # seconds between the helper's checks that the appliance still runs
 
 
 class PixelError(RuntimeError):
@@ -38,7 +41,9 @@ class PixelWorker:
         """``fn(*args)`` in the helper process (``fn`` must be a module-level function)."""
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(
+                    1, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=exit_with_parent, initargs=(os.getpid(),))
             pool = self._pool
             self._busy += 1
         try:
@@ -79,6 +84,18 @@ worker = PixelWorker()
 
 
 # --- what runs in the helper process -----------------------------------------------------------
+
+def exit_with_parent(parent: int) -> None:
+    """Leave when the appliance is gone (``kill -9`` gives it no chance to stop us): a helper
+    that outlived it would keep its memory, numpy and decoders, for nothing."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
 
 def decompress_file(src: str, dst: str) -> str:
     """Write ``src`` in Explicit VR Little Endian at ``dst`` (decompressed, or re-encoded from

@@ -14,7 +14,15 @@ import requests
 from PIL import Image
 from pydicom import dcmread
 
-from .conftest import ADMIN, ADMIN_PASSWORD, ApplianceProcess, make_series, pydicom_file, storescu
+from .conftest import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    ApplianceProcess,
+    make_series,
+    pydicom_file,
+    storescu,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -115,6 +123,26 @@ def test_preview_of_a_jpeg_and_of_undecodable_pixels(appliance: ApplianceProcess
         stored = post(appliance, "/instances", data=pydicom_file(name).read_bytes()).json()
         r = appliance.get(f"/instances/{stored['ID']}/preview")
         assert r.status_code == 415 and r.json()["Message"], name
+
+
+def test_the_pixel_helper_does_not_outlive_a_killed_appliance(appliance: ApplianceProcess
+                                                              ) -> None:
+    """``kill -9`` of the appliance: its pixel helper process (started by a preview) exits
+    too, instead of lingering with its decoders."""
+    assert appliance.proc is not None
+    jpeg = post(appliance, "/instances",
+                data=pydicom_file("SC_rgb_jpeg_dcmtk.dcm").read_bytes()).json()
+    assert appliance.get(f"/instances/{jpeg['ID']}/preview").status_code == 200
+    helpers = children(appliance.proc.pid)
+    assert helpers, "a preview starts the pixel helper"
+    appliance.kill()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in helpers), 30,
+             "the pixel helper to exit after the appliance")
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
 
 
 def test_tools_find_follows_cfind_matching(appliance: ApplianceProcess, tmp_path: Path) -> None:
