@@ -111,7 +111,8 @@ class Writer:
         self.flush_files = flush_files
         self.on_rollback = on_rollback  # caches of the writer's own must forget rolled-back rows
         self.max_batch = max_batch
-        self._queue: queue.Queue[Item | None] = queue.Queue()
+        # the C queue: a put costs a fraction of ``queue.Queue``'s (one per received instance)
+        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self._synchronous = PRAGMAS["synchronous"]
         self._flushed = False  # the files listed in ``unsynced`` are durable: clear the list
@@ -169,8 +170,7 @@ class Writer:
                     self._mark_unsynced(files)
                 for job, fut, _ in batch:
                     try:
-                        with self.db.atomic():  # a savepoint per job
-                            results.append((fut, job(), None))
+                        results.append((fut, self._run_job(job), None))
                     except Exception as exc:  # the job's own failure, reported to its caller
                         self.on_rollback()
                         results.append((fut, None, exc))
@@ -187,6 +187,19 @@ class Writer:
                 fut.set_exception(error)
             else:
                 fut.set_result(value)
+
+    def _run_job(self, job: Job) -> Any:
+        """Run ``job`` in a savepoint, so that its failure undoes its own writes only (plain
+        SQL: peewee's savepoints cost a UUID and several objects each)."""
+        self.db.execute_sql("SAVEPOINT job")
+        try:
+            value = job()
+        except BaseException:
+            self.db.execute_sql("ROLLBACK TO job")
+            self.db.execute_sql("RELEASE job")
+            raise
+        self.db.execute_sql("RELEASE job")
+        return value
 
     def _set_synchronous(self, mode: str) -> None:
         if mode != self._synchronous:

@@ -168,6 +168,9 @@ class Unsynced(BaseModel):
 
     file = CharField(primary_key=True)
 
+    class Meta:
+        without_rowid = True  # one b-tree: one page more per commit, not two
+
 
 class Heartbeat(BaseModel):
     """The health check's proof that the index takes writes: one row per writer of beats."""
