@@ -2,7 +2,9 @@
 
 ``serve`` keeps numpy out of the long-running process: pydicom imports it eagerly when it is
 installed, which costs ~20 MiB of idle memory. Pixel work (decompression, previews) runs in the
-separate process of ``pixels.py`` instead, started on demand.
+separate process of ``pixels.py`` instead, started on demand. pydicom also imports ``requests``
+(~5 MiB), only to download its test files: it is kept out while pydicom loads, and importable
+again afterwards (a hook may use it).
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ import sys
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "serve" and "pydicom" not in sys.modules:
+    serving = len(sys.argv) > 1 and sys.argv[1] == "serve" and "pydicom" not in sys.modules
+    if serving:
         sys.modules["numpy"] = None  # type: ignore[assignment]  # "import numpy" now fails
+        sys.modules["requests"] = None  # type: ignore[assignment]
     from .cli import main as cli_main
 
+    if serving:
+        del sys.modules["requests"]
     return cli_main()
 
 

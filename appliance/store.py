@@ -29,7 +29,7 @@ from . import pixels
 from .config import Config
 from .dicom import render
 from .index import resources
-from .index.db import Writer, open_database
+from .index.db import Unflushed, Writer, open_database
 from .index.delete import delete_instances, emptied
 from .index.ingest import FileInfo, Origin, Queued, Recorded, forget_parents, record_instance
 from .index.models import Instance
@@ -120,9 +120,10 @@ class Store:
         overwrite = self.config.storage.duplicates == "overwrite"
         queued = [(p.route, p.destination, p.trigger) for p in planned]
         try:
-            return self._record(
-                tags, FileInfo(name, info.size, info.md5), origin, overwrite, True, queued
-            )
+            return self._record(tags, FileInfo(name, info.size, info.md5), origin, overwrite,
+                                name, queued)
+        except Unflushed:
+            raise  # its row is committed: the file stays (reconciliation checks it)
         except BaseException:
             self.area.remove(name)  # never acknowledged: the file must not stay
             raise
@@ -132,10 +133,11 @@ class Store:
         path = self.area.path(name)
         tags = read_instance_tags(path)
         info = FileInfo(name, path.stat().st_size, md5_file(path))
-        return self._record(tags, info, Origin(kind="Reindex"), False, False)
+        return self._record(tags, info, Origin(kind="Reindex"), False, "")
 
     def _record(self, tags: InstanceTags, info: FileInfo, origin: Origin, overwrite: bool,
-                new_file: bool, queued: Sequence[Queued] = ()) -> Recorded:
+                new_file: str, queued: Sequence[Queued] = ()) -> Recorded:
+        """Commit the row (``new_file``: the name of a file not yet flushed, or "")."""
         recorded = self.writer.submit(
             lambda: record_instance(tags, info, origin, overwrite, queued), new_file
         ).result()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -282,6 +283,35 @@ def test_fsck_reports_and_repairs(appliance_factory: Any, tmp_path: Path) -> Non
     assert verify.returncode != 0, verify.stdout
     assert fsck_counts(verify) == {"temp": 0, "orphans": 0, "missing": 0, "corrupt": 1}
     assert f"checksum mismatch: instance {now[victim_uid]}" in verify.stdout
+
+
+def test_rows_of_a_cut_flush_are_dropped(appliance_factory: Any, tmp_path: Path) -> None:
+    """A batch commits before the one flush that makes its files and its commit durable; a
+    power cut during that flush can keep its rows (never acknowledged) with files cut short.
+    Such a file is found from ``unsynced`` and its row dropped, so the sender's retry is stored."""
+    files = make_series(tmp_path / "series", 3, size=32)
+    app = appliance_factory("data").start()
+    storescu(app, *files)
+    ids = instances_by_sop(app)
+    assert app.stop() == 0
+    with sqlite3.connect(app.data / "index.sqlite") as db:
+        unsynced = [name for (name,) in db.execute("SELECT file FROM unsynced")]
+    assert len(unsynced) == 1, unsynced  # one association: the last instance's own batch
+    cut = next(p for p in blobs(app.data) if p.name == unsynced[0])
+    cut_uid = sop_uid(cut)
+    assert cut_uid == sop_uid(files[-1])
+    cut.write_bytes(cut.read_bytes()[:200])  # what a power cut may leave of it
+
+    report = app.fsck()
+    assert fsck_counts(report) == {"temp": 0, "orphans": 0, "missing": 1, "corrupt": 0}
+    assert f"missing file: instance {ids[cut_uid]}" in report.stdout, report.stdout
+
+    app.start()  # reconciliation drops the row and the file
+    assert set(instances_by_sop(app)) == {sop_uid(f) for f in files[:-1]}
+    storescu(app, files[-1])  # the sender's retry (it never saw a success)
+    assert instances_by_sop(app) == ids
+    assert app.stop() == 0
+    assert_fsck_clean(app, "--verify")
 
 
 # --- 3. reindex ------------------------------------------------------------------------------

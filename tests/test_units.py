@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ConfigError, load
+from appliance.index.db import Unflushed, Writer, open_database
 from appliance.index.ids import orthanc_hash, public_ids
+from appliance.index.models import Unsynced
 from appliance.index.tags import BadInstance, read_instance_tags
 
 from .conftest import make_series, pydicom_file
@@ -86,3 +88,29 @@ def test_garbage_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 500)
     with pytest.raises(BadInstance):
         read_instance_tags(path)
+
+
+def test_writer_lists_unflushed_files_until_a_flush_succeeds(tmp_path: Path) -> None:
+    """A batch with new files commits, then flushes; its files stay listed in ``unsynced``
+    until a later batch follows a flush that succeeded. A failed flush is ``Unflushed``."""
+    db = open_database(tmp_path / "index.sqlite")
+    failing = True
+
+    def flush() -> None:
+        if failing:
+            raise OSError(5, "EIO")
+
+    writer = Writer(db, flush)
+    writer.start()
+    try:
+        with pytest.raises(Unflushed):
+            writer.submit(lambda: None, "a").result(10)
+        failing = False
+        writer.submit(lambda: None, "b").result(10)
+        listed = writer.run(lambda: sorted(u.file for u in Unsynced.select()), 10)
+        assert listed == ["a", "b"]  # "a" stays: no flush had succeeded before this batch
+        writer.submit(lambda: None, "c").result(10)
+        assert writer.run(lambda: [u.file for u in Unsynced.select()], 10) == ["c"]
+    finally:
+        writer.stop()
+        db.close()

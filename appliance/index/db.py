@@ -1,10 +1,10 @@
 """The SQLite index: connection settings, schema migrations, and the single writer.
 
 Every write goes through one ``Writer`` thread fed by a queue (as Datasette does). It takes all
-the work waiting at once and runs it in one ``BEGIN IMMEDIATE`` transaction (group commit): with
-``synchronous=FULL`` each commit costs one WAL fsync, shared by every instance of the batch, so
-durability does not cost throughput. Each job runs in its own savepoint, so one failing job never
-takes its neighbours down. Readers use their own per-thread WAL connections.
+the work waiting at once and runs it in one ``BEGIN IMMEDIATE`` transaction (group commit): each
+commit costs one device flush, shared by every instance of the batch, so durability does not cost
+throughput. Each job runs in its own savepoint, so one failing job never takes its neighbours
+down. Readers use their own per-thread WAL connections.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ PRAGMAS = {
     "wal_autocheckpoint": 4000,
 }
 
-SCHEMA_VERSION = 5  # 2: routing, quota; 3: heartbeat; 4: audit log; 5: reception per AE index
+# 2: routing, quota; 3: heartbeat; 4: audit log; 5: reception per AE index; 6: unsynced files
+SCHEMA_VERSION = 6
 
 
 def open_database(path: Path) -> SqliteDatabase:
@@ -76,15 +77,27 @@ def add_missing_columns(db: SqliteDatabase) -> None:
 
 
 Job = Callable[[], Any]
-Item = tuple[Job, "Future[Any]", bool]
+Item = tuple[Job, "Future[Any]", str]  # the job, its result, the new file its row points to
+MARK_UNSYNCED = "INSERT OR IGNORE INTO unsynced (file) VALUES (?)"
+
+
+class Unflushed(OSError):
+    """The batch committed, but the flush that makes it durable failed: its rows stay (their
+    files listed in ``unsynced``), so their files must stay too."""
 
 
 class Writer:
     """The one thread that writes the index; ``submit`` returns a future of the job's result.
 
-    A job whose row will point to a new file asks for ``flush_files``: the writer calls it once
-    before the batch's transaction, so no committed row can point to a file that a power cut
-    would lose, and one flush serves every file of the batch.
+    A job whose row will point to a new file names it. Such a batch commits with
+    ``synchronous=NORMAL`` (the WAL is written, not flushed), then ``flush_files`` (a
+    ``syncfs``) makes the batch's files, their folders *and* that commit durable in one device
+    flush, where flushing the files before the commit costs a second flush per batch. No future
+    resolves before the flush returns, so nothing is acknowledged early. A power cut during the
+    flush can keep a committed row whose file did not reach the disk (never an acknowledged
+    one): the batch lists its files in ``unsynced``, for reconciliation to check, and the next
+    batch after a completed flush clears the list. Other batches commit with
+    ``synchronous=FULL``.
     """
 
     def __init__(
@@ -98,13 +111,17 @@ class Writer:
         self.flush_files = flush_files
         self.on_rollback = on_rollback  # caches of the writer's own must forget rolled-back rows
         self.max_batch = max_batch
-        self._queue: queue.Queue[Item | None] = queue.Queue()
+        # the C queue: a put costs a fraction of ``queue.Queue``'s (one per received instance)
+        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        self._synchronous = PRAGMAS["synchronous"]
+        self._flushed = False  # the files listed in ``unsynced`` are durable: clear the list
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, job: Callable[[], T], new_file: bool = False) -> Future[T]:
+    def submit(self, job: Callable[[], T], new_file: str = "") -> Future[T]:
+        """Queue ``job``; ``new_file``: the storage name of the new file its row points to."""
         fut: Future[T] = Future()
         self._queue.put((job, fut, new_file))
         return fut
@@ -145,18 +162,21 @@ class Writer:
 
     def _commit(self, batch: list[Item]) -> None:
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        files = [new_file for _, _, new_file in batch if new_file]
         try:
-            if any(new_file for _, _, new_file in batch):
-                self.flush_files()
+            self._set_synchronous("normal" if files else "full")
             with self.db.atomic("IMMEDIATE"):
+                if files:
+                    self._mark_unsynced(files)
                 for job, fut, _ in batch:
                     try:
-                        with self.db.atomic():  # a savepoint per job
-                            results.append((fut, job(), None))
+                        results.append((fut, self._run_job(job), None))
                     except Exception as exc:  # the job's own failure, reported to its caller
                         self.on_rollback()
                         results.append((fut, None, exc))
-        except Exception as exc:  # the commit itself failed: nothing of the batch is durable
+            if files:
+                self._flush()
+        except Exception as exc:  # the commit or the flush failed: the batch is not durable
             self.on_rollback()
             log.exception("index commit failed for a batch of %d", len(batch))
             for _, fut, _ in batch:
@@ -167,3 +187,36 @@ class Writer:
                 fut.set_exception(error)
             else:
                 fut.set_result(value)
+
+    def _run_job(self, job: Job) -> Any:
+        """Run ``job`` in a savepoint, so that its failure undoes its own writes only (plain
+        SQL: peewee's savepoints cost a UUID and several objects each)."""
+        self.db.execute_sql("SAVEPOINT job")
+        try:
+            value = job()
+        except BaseException:
+            self.db.execute_sql("ROLLBACK TO job")
+            self.db.execute_sql("RELEASE job")
+            raise
+        self.db.execute_sql("RELEASE job")
+        return value
+
+    def _set_synchronous(self, mode: str) -> None:
+        if mode != self._synchronous:
+            self.db.execute_sql(f"PRAGMA synchronous = {mode}")
+            self._synchronous = mode
+
+    def _flush(self) -> None:
+        try:
+            self.flush_files()
+        except OSError as exc:
+            raise Unflushed(f"the flush after a commit failed: {exc}") from exc
+        self._flushed = True
+
+    def _mark_unsynced(self, files: list[str]) -> None:
+        """List this batch's files (inside its transaction), after clearing the files of
+        earlier batches if a flush has made them durable since."""
+        if self._flushed:
+            self.db.execute_sql("DELETE FROM unsynced")
+            self._flushed = False
+        self.db.cursor().executemany(MARK_UNSYNCED, [(name,) for name in files])

@@ -161,6 +161,17 @@ class Trash(BaseModel):
     file = CharField(primary_key=True)
 
 
+class Unsynced(BaseModel):
+    """Files of the rows of the last batch whose flush may not have completed: the writer
+    commits a batch before the one device flush that makes its files and that commit durable,
+    so after a power cut reconciliation checks these files (see ``db.Writer``)."""
+
+    file = CharField(primary_key=True)
+
+    class Meta:
+        without_rowid = True  # one b-tree: one page more per commit, not two
+
+
 class Heartbeat(BaseModel):
     """The health check's proof that the index takes writes: one row per writer of beats."""
 
@@ -187,4 +198,4 @@ def tuples(query: Any) -> list[tuple[Any, ...]]:
 
 
 MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change, Outbound, Export, Trash,
-                                 Heartbeat, Audit]
+                                 Unsynced, Heartbeat, Audit]

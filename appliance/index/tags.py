@@ -7,6 +7,7 @@ The main tags of each level follow Orthanc's defaults, so the REST API can show 
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS
 
+IN_MEMORY = 64 * 1024  # bytes: files up to this size are read whole before parsing
 PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs")
 STUDY_TAGS = (
     "StudyDate", "StudyTime", "StudyID", "StudyDescription", "AccessionNumber",
@@ -183,8 +185,11 @@ def read_instance_tags(path: Path) -> InstanceTags:
     """Parse the index tags of a Part 10 file; raise ``BadInstance`` with a reason otherwise."""
     try:
         with open(path, "rb") as f:
-            ds = dcmread(f, stop_before_pixels=True, specific_tags=WANTED)
-            check_tail(f, os.fstat(f.fileno()).st_size, ds)
+            size = os.fstat(f.fileno()).st_size
+            # a small file is parsed from memory: pydicom's many seeks and reads are syscalls
+            source = io.BytesIO(f.read()) if size <= IN_MEMORY else f
+            ds = dcmread(source, stop_before_pixels=True, specific_tags=WANTED)
+            check_tail(source, size, ds)
         ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
         charset = ds.get("SpecificCharacterSet") or "ISO_IR 6"
         encodings = convert_encodings([charset] if isinstance(charset, str) else charset)

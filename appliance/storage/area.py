@@ -7,9 +7,9 @@ names. No path is ever built from received data, only from names we generate. Un
 folder fsync instead of one per file, and new folders are rare (not one per file on a young
 store); the oldest data also sits together, where recycling looks for it.
 
-Durability (the store's contract): a blob is written under ``tmp/``, renamed into place, and
-flushed to the device (file, rename and folders) before the index row that points to it is
-committed.
+Durability (the store's contract): a blob is written under ``tmp/`` and renamed into place; one
+``flush`` per batch then makes the files, their folders and the batch's index commit durable
+together, before any of them is acknowledged (see ``index.db.Writer``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Reconcile the storage area with the index: after a crash, and on demand (``appliance fsck``).
 
-By construction (file durable before its row commits) a crash can leave only temporary files and
-files without a row, never a row without a file. Both are repaired here; rows whose file has
-vanished anyway (a disk fault, a hand-deleted file) are reported, and dropped on repair.
+A crash of the process can leave only temporary files and files without a row; a power cut
+during a batch's flush can also keep rows of that batch (never acknowledged) whose files did not
+reach the disk whole: the writer lists their files in ``unsynced``, and they are checked here
+against their size and checksum. All of these are repaired here; rows whose file has vanished
+anyway (a disk fault, a hand-deleted file) are reported, and dropped on repair.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..index.delete import trash
-from ..index.models import Instance, tuples
+from ..index.models import Instance, Unsynced, tuples
 from ..index.tags import BadInstance
 from ..store import Store
 from .area import md5_file
@@ -65,6 +67,7 @@ def reconcile(store: Store, repair: bool, verify: bool = False) -> Report:
     on_disk = set(area.names())
     report.orphan_files = sorted(on_disk - indexed.keys())
     missing = [name for name in indexed if name not in on_disk]
+    missing += torn_files(store, on_disk)
     report.missing_files = [indexed[name][0] for name in missing]
     if verify:
         report.corrupt_files = [
@@ -78,9 +81,24 @@ def reconcile(store: Store, repair: bool, verify: bool = False) -> Report:
                 Instance.select(Instance.id).where(Instance.file.in_(missing))
             )]
             store.delete(keys, reason="file missing at reconciliation")
+        store.writer.run(lambda: Unsynced.delete().execute())
     for line in report.lines():
         log.log(logging.INFO if report.clean else logging.WARNING, "reconcile: %s", line)
     return report
+
+
+def torn_files(store: Store, on_disk: set[str]) -> list[str]:
+    """Files of the last batch before a stop whose content is not what their row recorded
+    (a power cut during its flush): their rows were never acknowledged."""
+    rows = tuples(Instance.select(Instance.file, Instance.size, Instance.md5)
+                  .join(Unsynced, on=Unsynced.file == Instance.file))
+    torn = []
+    for name, size, md5 in rows:
+        path = store.area.path(name)
+        if name in on_disk and (path.stat().st_size != size or md5_file(path) != md5):
+            log.warning("reconcile: %s differs from its row (cut during its flush)", name)
+            torn.append(name)
+    return torn
 
 
 def _adopt_orphans(store: Store, report: Report) -> None:
