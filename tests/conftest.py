@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,10 +32,25 @@ ADMIN, ADMIN_PASSWORD = "admin", "correct horse battery"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+EPHEMERAL_LOW = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range, not handed out before: a port from
+    ``bind(0)`` may be taken by an outgoing connection before the server under test binds it
+    ("Address already in use")."""
+    while True:
+        port = random.randrange(10000, EPHEMERAL_LOW)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
