@@ -25,6 +25,7 @@ from .queue import Entry, Result
 log = logging.getLogger("appliance.routing")
 
 IDLE_WAIT = 30.0  # seconds a worker sleeps with nothing due (a wake-up cuts it short)
+LINGER_STEP = 0.05  # seconds: the shortest wait between two claims while lingering
 
 
 @dataclass
@@ -78,8 +79,7 @@ class Destination:
         batch = self._claim()
         if not batch and session is not None and session.alive:
             session.idle()
-            self._wait(self.dispatcher.config.queue.linger)  # the next instance may be close
-            batch = self._claim()
+            batch = self._linger()
         if not batch:
             session = _release(session)
             self._wait(IDLE_WAIT)
@@ -93,6 +93,22 @@ class Destination:
                 self._settled(batch)
             else:  # the entries stay claimed until their outcome is committed
                 recorded.add_done_callback(lambda _: self._settled(batch))
+
+    def _linger(self) -> list[Entry]:
+        """Keep the association for up to ``queue.linger`` seconds: the next instance may be
+        close. A wake-up with nothing to claim yet goes on waiting (it used to release the
+        association, and the next instance opened another)."""
+        deadline = time.monotonic() + self.dispatcher.config.queue.linger
+        while not self.dispatcher.stopping.is_set():
+            started = time.monotonic()
+            if started >= deadline:
+                break
+            self._wait(deadline - started)
+            if batch := self._claim():
+                return batch
+            if time.monotonic() - started < LINGER_STEP:  # woken for nothing: do not spin
+                self.dispatcher.stopping.wait(LINGER_STEP)
+        return []
 
     def _settled(self, batch: list[Entry]) -> None:
         with self.lock:
