@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -169,6 +170,9 @@ def serve(configs: ConfigStore) -> int:
     except BaseException:
         appliance.stop()
         raise
+    # what start-up allocated (modules, dictionaries, the index's caches) lives as long as the
+    # process: out of the collector's sight, a full collection then walks only what requests make
+    gc.freeze()
     while not stop.wait(1.0):  # a timed wait: Python runs a signal handler only when the main
         pass  # thread runs, and a signal taken by another thread does not wake an untimed wait
     appliance.stop()

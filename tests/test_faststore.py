@@ -1,9 +1,11 @@
-"""The C-STORE fast path (appliance/dicom/faststore.py): its encoders and parsers against
-pynetdicom's and pydicom's, then the real appliance fed by storescu and by hand-made PDUs."""
+"""The fast paths (appliance/dicom/faststore.py, fastfind.py, pdu.py): their encoders and
+parsers against pynetdicom's and pydicom's, then the real appliance fed by storescu, findscu,
+pynetdicom and hand-made PDUs."""
 
 from __future__ import annotations
 
 import io
+import json
 import socket
 import struct
 import threading
@@ -16,20 +18,28 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
 
-from appliance.dicom import faststore
-from appliance.dicom.faststore import Malformed, PduBody, StoreRequest
+from appliance.dicom import fastfind, faststore
+from appliance.dicom.faststore import PduBody, StoreRequest
+from appliance.dicom.pdu import Malformed, command_pdus, parse_command, split_pdvs
 
 from .conftest import ApplianceProcess, make_series, storescu
 
@@ -91,6 +101,52 @@ def test_store_response_is_pynetdicoms(status: int, comment: str) -> None:
     assert cs.get("ErrorComment", "") == comment
 
 
+@pytest.mark.parametrize("status,comment,dataset", [
+    (0xFF00, "", True), (0x0000, "", False), (0xA700, "more than 10 matches: first 10 sent", False),
+    (0xC001, "calling AE X may not find", False),
+])
+def test_find_response_is_pynetdicoms(status: int, comment: str, dataset: bool) -> None:
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo = 9
+    rsp.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
+    rsp.Status = status
+    if comment:
+        rsp.ErrorComment = comment
+    if dataset:
+        rsp.Identifier = io.BytesIO(b"\0" * 8)
+    from pynetdicom.dimse_messages import C_FIND_RSP
+
+    msg = C_FIND_RSP()
+    msg.primitive_to_message(rsp)
+    theirs = encode(msg.command_set, True, True)
+    ours = fastfind.response(fastfind.C_FIND_RSP, StudyRootQueryRetrieveInformationModelFind, 9,
+                             status, comment, dataset)
+    assert ours == theirs
+
+
+def find_command(message_id: int, model: str, identifier: Dataset, implicit: bool = True
+                 ) -> tuple[C_FIND, C_FIND_RQ]:
+    req = C_FIND()
+    req.MessageID = message_id
+    req.AffectedSOPClassUID = model
+    req.Priority = 2
+    req.Identifier = io.BytesIO(encode(identifier, implicit, True))  # type: ignore[arg-type]
+    return req, C_FIND_RQ()
+
+
+def test_is_cancel() -> None:
+    from pynetdicom.dimse_messages import C_CANCEL_RQ
+    from pynetdicom.dimse_primitives import C_CANCEL
+
+    req = C_CANCEL()
+    req.MessageIDBeingRespondedTo = 5
+    cancel = pdu(message_pdvs(req, C_CANCEL_RQ(), 3))
+    assert fastfind.is_cancel(cancel, 5)
+    assert not fastfind.is_cancel(cancel, 6)
+    assert not fastfind.is_cancel(pdu(echo_pdvs(1, 5)), 5)
+    assert not fastfind.is_cancel(b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00", 5)  # A-ABORT
+
+
 def store_command(message_id: int = 7, instance: str = SOP_INSTANCE) -> bytes:
     req = C_STORE()
     req.MessageID = message_id
@@ -104,13 +160,13 @@ def store_command(message_id: int = 7, instance: str = SOP_INSTANCE) -> bytes:
 
 
 def test_parse_command() -> None:
-    elements = faststore.parse_command(store_command(42))
+    elements = parse_command(store_command(42))
     assert elements is not None
     assert struct.unpack("<H", elements[0x0100])[0] == 0x0001
     assert struct.unpack("<H", elements[0x0110])[0] == 42
     assert elements[0x1000].rstrip(b"\0").decode() == SOP_INSTANCE
-    assert faststore.parse_command(b"\x08\x00\x18\x00\x02\x00\x00\x00ab") is None  # group 0008
-    assert faststore.parse_command(store_command()[:-3]) is None  # truncated
+    assert parse_command(b"\x08\x00\x18\x00\x02\x00\x00\x00ab") is None  # group 0008
+    assert parse_command(store_command()[:-3]) is None  # truncated
 
 
 @pytest.mark.parametrize("max_pdu", [0, 16, 64, 1000])
@@ -118,7 +174,7 @@ def test_command_pdus_decode_with_pynetdicom(max_pdu: int) -> None:
     command = faststore.store_response(
         StoreRequest(3, 1, SOP_CLASS, SOP_INSTANCE, ExplicitVRLittleEndian), 0
     )
-    data = faststore.command_pdus(3, command, max_pdu)
+    data = command_pdus(3, command, max_pdu)
     joined, pos, controls = b"", 0, []
     while pos < len(data):
         length = struct.unpack(">I", data[pos + 2:pos + 6])[0]
@@ -136,12 +192,12 @@ def test_command_pdus_decode_with_pynetdicom(max_pdu: int) -> None:
 
 def test_split_pdvs() -> None:
     body = struct.pack(">IBB", 5, 1, 3) + b"abc" + struct.pack(">IBB", 3, 1, 0) + b"d"
-    pdvs = faststore.split_pdvs(memoryview(body))
+    pdvs = split_pdvs(memoryview(body))
     assert [(p.context_id, p.control, body[p.start:p.end]) for p in pdvs] == [
         (1, 3, b"abc"), (1, 0, b"d")]
     for bad in (body[:-1], body + b"\0", struct.pack(">IBB", 1, 1, 3)):
         with pytest.raises(Malformed):
-            faststore.split_pdvs(memoryview(bad))
+            split_pdvs(memoryview(bad))
 
 
 def test_pdu_body_never_reads_past_the_pdu() -> None:
@@ -341,3 +397,122 @@ def test_malformed_pdv_mid_dataset_aborts_and_cleans_up(appliance: ApplianceProc
     assert appliance.statistics()["CountInstances"] == 0
     ok = storescu(appliance, files[1], options=("-v",))
     assert "Received Store Response (Success)" in ok.stderr
+
+
+# --- C-FIND and C-ECHO -------------------------------------------------------------------------
+
+def find_answers(app: ApplianceProcess, query: Dataset, transfer_syntax: str,
+                 max_pdu: int = 16382) -> list[tuple[int, dict[str, Any] | None]]:
+    ae = AE(ae_title="FASTSCU")
+    ae.maximum_pdu_size = max_pdu
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, transfer_syntax)
+    assoc = ae.associate("127.0.0.1", app.dicom_port, ae_title=app.aet)
+    assert assoc.is_established
+    try:
+        return [(s.Status, ident.to_json_dict() if ident is not None else None) for s, ident
+                in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        assoc.release()
+
+
+@pytest.mark.parametrize("transfer_syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
+                                             DeflatedExplicitVRLittleEndian])
+def test_find_answers_as_pynetdicom_does(appliance_factory: Any, tmp_path: Path,
+                                         transfer_syntax: str) -> None:
+    """The fast path (little endian) and pynetdicom's (fast_store off; deflate always) give
+    the same answers, also when each answer spans several PDUs of the requestor's maximum."""
+    config = {"dicom": {"query_from_unknown": True}}
+    fast = appliance_factory("fast", config=config).start()
+    slow = appliance_factory("slow", config={"dicom": {**config["dicom"],
+                                                       "fast_store": False}}).start()
+    study = "1.2.826.0.1.3680043.8.498.777"
+    files = make_series(tmp_path / "a", 4, patient_id="FIND1", study_uid=study, size=16,
+                        series_uid=study + ".1", patient_name="Müller^Jörg")
+    files += make_series(tmp_path / "b", 2, patient_id="FIND1", study_uid=study, size=16,
+                         modality="MR", patient_name="Müller^Jörg")
+    for app in (fast, slow):
+        storescu(app, *files)
+    images = Dataset()
+    images.QueryRetrieveLevel = "IMAGE"
+    images.StudyInstanceUID = study
+    images.SeriesInstanceUID = study + ".1"
+    images.SOPInstanceUID = ""
+    images.Rows = None  # not indexed: read from the files
+    studies = Dataset()
+    studies.QueryRetrieveLevel = "STUDY"
+    studies.PatientName = "M*"
+    studies.StudyInstanceUID = ""
+    studies.ModalitiesInStudy = ""
+    studies.NumberOfStudyRelatedInstances = None
+    for query, count in ((images, 5), (studies, 2)):
+        answers = {app: sorted(find_answers(app, query, transfer_syntax, max_pdu=4096),
+                               key=lambda a: json.dumps(a[1], sort_keys=True))
+                   for app in (fast, slow)}
+        assert len(answers[fast]) == count
+        assert answers[fast][0] == (0x0000, None)  # the final response ("null") sorts first
+        assert answers[fast] == answers[slow]
+    rows = {a[1]["00280010"]["Value"][0] for a in find_answers(fast, images, transfer_syntax)
+            if a[1]}
+    assert rows == {16}
+    found = [a[1] for a in find_answers(fast, studies, transfer_syntax) if a[1]]
+    assert found[0]["00100010"]["Value"][0]["Alphabetic"] == "Müller^Jörg"
+    assert found[0]["00201208"]["Value"] == [6]
+
+
+def test_identifier_over_several_pdus_then_echo(appliance_factory: Any, tmp_path: Path) -> None:
+    """A C-FIND whose identifier comes in 100-byte fragments over three PDUs, followed in the
+    last one by a C-ECHO: both answered, in order."""
+    app = appliance_factory(config={"dicom": {"query_from_unknown": True}}).start()
+    storescu(app, *make_series(tmp_path / "s", 2, patient_id="SPLIT1", size=16))
+    assoc = associate(app)
+    try:
+        find, implicit = next(
+            (cx.context_id, cx.transfer_syntax[0] == ImplicitVRLittleEndian)
+            for cx in assoc.accepted_contexts
+            if cx.abstract_syntax == PatientRootQueryRetrieveInformationModelFind)
+        echo = next(cx.context_id for cx in assoc.accepted_contexts
+                    if cx.abstract_syntax == Verification)
+        query = Dataset()
+        query.QueryRetrieveLevel = "PATIENT"
+        query.PatientID = ["SPLIT1"] + [f"NOPE{i:04}" for i in range(30)]  # list matching:
+        query.PatientName = ""  # an identifier long enough to split
+        pdvs = message_pdvs(*find_command(1, PatientRootQueryRetrieveInformationModelFind,
+                                          query, implicit), find, max_pdu=106)
+        data = pdu(pdvs[:2]) + pdu(pdvs[2:-1]) + pdu(pdvs[-1:] + echo_pdvs(echo, 2))
+        responses = exchange(assoc, data, 3)
+        assert [(type(r).__name__, r.MessageIDBeingRespondedTo, r.Status) for r in responses] \
+            == [("C_FIND", 1, 0xFF00), ("C_FIND", 1, 0x0000), ("C_ECHO", 2, 0)]
+        assert decode(responses[0].Identifier, implicit, True).PatientID == "SPLIT1"
+    finally:
+        assoc.release()
+
+
+def test_abort_while_answering_leaves_the_server_well(appliance_factory: Any,
+                                                      tmp_path: Path) -> None:
+    app = appliance_factory(config={"dicom": {"query_from_unknown": True}}).start()
+    storescu(app, *make_series(tmp_path / "s", 40, patient_id="ABORT1", size=16))
+    assoc = associate(app)
+    find, implicit = next((cx.context_id, cx.transfer_syntax[0] == ImplicitVRLittleEndian)
+                          for cx in assoc.accepted_contexts
+                          if cx.abstract_syntax == PatientRootQueryRetrieveInformationModelFind)
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.PatientID = "ABORT1"
+    query.StudyInstanceUID = query.SeriesInstanceUID = query.SOPInstanceUID = ""
+    query.Rows = None  # read from the files: answers come slowly enough to abort among them
+    del query.StudyInstanceUID, query.SeriesInstanceUID
+    assert assoc.dul.socket is not None
+    assoc.dul.socket.send(pdu(message_pdvs(*find_command(
+        1, PatientRootQueryRetrieveInformationModelFind, query, implicit), find)))
+    assoc.abort()
+    for _ in range(200):
+        if "association aborted with FASTSCU" in app.log():
+            break
+        time.sleep(0.05)
+    assert "association aborted with FASTSCU" in app.log()
+    assert "Traceback" not in app.log()
+    again = associate(app)
+    try:
+        assert again.send_c_echo().Status == 0x0000
+    finally:
+        again.release()

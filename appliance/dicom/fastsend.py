@@ -24,19 +24,19 @@ from pathlib import Path
 
 from pynetdicom.dimse_primitives import C_CANCEL
 
-from .faststore import (
-    _PDU_HEADER,
+from .pdu import (
     COMMAND,
     LAST,
     NO_DATASET,
     P_DATA_TF,
+    PDU_HEADER,
     Malformed,
-    _padded,
-    _ui,
     command_pdus,
     command_set,
+    padded,
     parse_command,
     split_pdvs,
+    ui,
 )
 from .reactor import EventDUL, _quickack
 
@@ -66,15 +66,15 @@ def store_command(context_sop_class: str, sop_instance: str, message_id: int,
                   originator: tuple[str, int] | None) -> bytes:
     """The C-STORE-RQ command set, implicit VR LE, elements in ascending order (PS3.7 E.1)."""
     elements = [
-        (0x0002, _ui(context_sop_class)),
+        (0x0002, ui(context_sop_class)),
         (0x0100, struct.pack("<H", C_STORE_RQ)),
         (0x0110, struct.pack("<H", message_id)),
         (0x0700, struct.pack("<H", 0)),  # priority: medium
         (0x0800, struct.pack("<H", 0)),  # a dataset follows
-        (0x1000, _ui(sop_instance)),
+        (0x1000, ui(sop_instance)),
     ]
     if originator is not None:
-        elements += [(0x1030, _padded(originator[0])),
+        elements += [(0x1030, padded(originator[0])),
                      (0x1031, struct.pack("<H", originator[1]))]
     return command_set(elements)
 
@@ -84,7 +84,7 @@ def get_pending_command(sop_class: str, message_id: int, counts: tuple[int, int,
     """A pending C-GET-RSP without identifier (PS3.7 9.3.3.2): the counts of remaining,
     completed, failed and warning sub-operations."""
     elements = [
-        (0x0002, _ui(sop_class)),
+        (0x0002, ui(sop_class)),
         (0x0100, struct.pack("<H", C_GET_RSP)),
         (0x0120, struct.pack("<H", message_id)),
         (0x0800, struct.pack("<H", NO_DATASET)),
@@ -172,7 +172,7 @@ class FastSender:
                     data = memoryview(bytes(data) + more)
                 piece, data = data[:min(size, left)], data[min(size, left):]
                 left -= len(piece)
-                out += [_PDU_HEADER.pack(P_DATA_TF, 0, len(piece) + 6), struct.pack(
+                out += [PDU_HEADER.pack(P_DATA_TF, 0, len(piece) + 6), struct.pack(
                     ">IBB", len(piece) + 2, context_id, 0 if left > 0 else LAST), piece]
                 if left <= 0 or len(data) < size:
                     sock.sendall(b"".join(out))
@@ -185,7 +185,7 @@ class FastSender:
         deadline = time.monotonic() + self.timeout
         while True:
             header = self._recv(sock, 6, deadline, waiting=True)
-            pdu_type, _, length = _PDU_HEADER.unpack(header)
+            pdu_type, _, length = PDU_HEADER.unpack(header)
             if length > MAX_RESPONSE:
                 raise Malformed(f"a PDU of {length} bytes where a C-STORE response belongs")
             body = self._recv(sock, length, deadline)

@@ -21,6 +21,7 @@ spool file removed and pynetdicom handles the rest (Evt17, the PDU's own event, 
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import struct
@@ -28,7 +29,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config
@@ -37,7 +38,26 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from ..health.metrics import DicomMetrics
 from ..store import Expected, Store
-from . import handlers
+from . import fastfind, handlers
+from .fastfind import MAX_IDENTIFIER, EchoRequest, Finder, FindRequest
+from .pdu import (
+    COMMAND,
+    LAST,
+    NO_DATASET,
+    P_DATA_TF,
+    PDU_HEADER,
+    PDU_TYPES,
+    PDV_HEADER,
+    Malformed,
+    command_pdus,
+    command_set,
+    padded,
+    parse_command,
+    split_pdvs,
+    text,
+    ui,
+    us,
+)
 from .reactor import _quickack
 
 if TYPE_CHECKING:
@@ -45,57 +65,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.dicom")
 
-P_DATA_TF = 0x04
-PDU_TYPES = range(0x01, 0x08)  # PS3.8 9.3.1: A-ASSOCIATE-RQ .. A-ABORT
 BUFFER = 256 * 1024  # bytes: the most read at once; larger first PDUs go to pynetdicom
 PDU_SLACK = 1024  # bytes tolerated over the negotiated maximum (some peers count headers)
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
-NO_DATASET = 0x0101  # (0000,0800) CommandDataSetType: no dataset follows (PS3.7 E.1)
-COMMAND, LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
-
-_PDU_HEADER = struct.Struct(">BBI")  # type, reserved, length (PS3.8 9.3.1)
-_PDV_HEADER = struct.Struct(">IBB")  # item length, context ID, message control header
-_ELEMENT = struct.Struct("<HHI")  # implicit VR LE: group, element, length (PS3.5 7.1.3)
-
-
-class Malformed(ValueError):
-    """The peer's PDVs do not add up (PS3.8 9.3.5)."""
 
 
 # --- encoders and parsers -------------------------------------------------------------------
-
-def parse_command(data: bytes | bytearray | memoryview) -> dict[int, bytes] | None:
-    """A command set (implicit VR LE, group 0000 only: PS3.7 6.3.1) by element number, or
-    None if it is not one."""
-    elements: dict[int, bytes] = {}
-    offset, end = 0, len(data)
-    while offset < end:
-        if offset + 8 > end:
-            return None
-        group, element, length = _ELEMENT.unpack_from(data, offset)
-        offset += 8
-        if group != 0 or offset + length > end:
-            return None
-        elements[element] = bytes(data[offset:offset + length])
-        offset += length
-    return elements
-
-
-def _text(value: bytes) -> str:
-    return value.rstrip(b"\0 ").decode("ascii")
-
-
-def _ui(uid: str) -> bytes:
-    """A UI value, padded with a NUL to even length (PS3.5 6.2)."""
-    raw = uid.encode("ascii")
-    return raw + b"\0" if len(raw) % 2 else raw
-
-
-def _padded(text: str) -> bytes:
-    """A text value (SH, LO), padded with a space to even length (PS3.5 6.2)."""
-    raw = text.encode("latin-1", "replace")
-    return raw + b" " if len(raw) % 2 else raw
-
 
 def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
     """A group 0002 element, explicit VR LE with a 2-byte length (PS3.5 7.1.2)."""
@@ -107,11 +82,11 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     what pynetdicom writes (``create_file_meta`` + pydicom's ``write_file_meta_info``)."""
     group = b"".join((
         struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\0\1",
-        _explicit(0x0002, b"UI", _ui(sop_class)),
-        _explicit(0x0003, b"UI", _ui(sop_instance)),
-        _explicit(0x0010, b"UI", _ui(transfer_syntax)),
-        _explicit(0x0012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)),
-        _explicit(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION)),
+        _explicit(0x0002, b"UI", ui(sop_class)),
+        _explicit(0x0003, b"UI", ui(sop_instance)),
+        _explicit(0x0010, b"UI", ui(transfer_syntax)),
+        _explicit(0x0012, b"UI", ui(PYNETDICOM_IMPLEMENTATION_UID)),
+        _explicit(0x0013, b"SH", padded(PYNETDICOM_IMPLEMENTATION_VERSION)),
     ))
     length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(group))
     return b"\0" * 128 + b"DICM" + length + group
@@ -131,59 +106,16 @@ class StoreRequest:
 def store_response(request: StoreRequest, status: int, comment: str = "") -> bytes:
     """The C-STORE-RSP command set (PS3.7 9.3.1.2), implicit VR LE, as pynetdicom encodes it."""
     elements = [
-        (0x0002, _ui(request.sop_class)),
+        (0x0002, ui(request.sop_class)),
         (0x0100, struct.pack("<H", C_STORE_RSP)),
         (0x0120, struct.pack("<H", request.message_id)),
         (0x0800, struct.pack("<H", NO_DATASET)),
         (0x0900, struct.pack("<H", status)),
     ]
     if comment:
-        elements.append((0x0902, _padded(comment[:64])))
-    elements.append((0x1000, _ui(request.sop_instance)))
+        elements.append((0x0902, padded(comment[:64])))
+    elements.append((0x1000, ui(request.sop_instance)))
     return command_set(elements)
-
-
-def command_set(elements: list[tuple[int, bytes]]) -> bytes:
-    """A command set from (element, value) pairs of group 0000 in ascending order, implicit VR
-    LE, led by its group length (PS3.7 6.3.1, E.1)."""
-    body = b"".join(_ELEMENT.pack(0, tag, len(value)) + value for tag, value in elements)
-    return _ELEMENT.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
-
-
-def command_pdus(context_id: int, command: bytes, max_pdu: int) -> bytes:
-    """P-DATA-TF PDUs of one PDV each carrying ``command`` (PS3.8 9.3.5, E.2), fragments no
-    larger than the peer's maximum PDU length allows (0: no limit), as pynetdicom's
-    ``DIMSEMessage.encode_msg`` splits them."""
-    size = max(1, max_pdu - 6) if max_pdu else max(1, len(command))
-    pieces = [command[i:i + size] for i in range(0, len(command), size)]
-    out = []
-    for i, piece in enumerate(pieces):
-        control = COMMAND | LAST if i == len(pieces) - 1 else COMMAND
-        out.append(_PDU_HEADER.pack(P_DATA_TF, 0, len(piece) + 6)
-                   + _PDV_HEADER.pack(len(piece) + 2, context_id, control) + piece)
-    return b"".join(out)
-
-
-@dataclass(frozen=True)
-class Pdv:
-    context_id: int
-    control: int
-    start: int  # the fragment's bounds in the PDU's variable field
-    end: int
-
-
-def split_pdvs(body: memoryview) -> list[Pdv]:
-    """The PDV items of a P-DATA-TF variable field (PS3.8 9.3.5)."""
-    pdvs, offset = [], 0
-    while offset < len(body):
-        if offset + 6 > len(body):
-            raise Malformed("truncated PDV header")
-        length, context_id, control = _PDV_HEADER.unpack_from(body, offset)
-        if length < 2 or offset + 4 + length > len(body):
-            raise Malformed(f"PDV item length {length} exceeds the PDU")
-        pdvs.append(Pdv(context_id, control, offset + 6, offset + 4 + length))
-        offset += 4 + length
-    return pdvs
 
 
 # --- the socket side ------------------------------------------------------------------------
@@ -245,21 +177,24 @@ class PduBody:
 
 @dataclass
 class Incoming:
-    """A taken-over C-STORE whose dataset is being spooled."""
+    """A taken-over request whose dataset is arriving: a C-STORE's spooled to ``path``, a
+    C-FIND's identifier kept in memory."""
 
-    request: StoreRequest
-    path: Path
+    request: StoreRequest | FindRequest
     file: IO[bytes]
+    path: Path | None = None
 
 
 class Receiver:
     """Reads the PDUs of one established acceptor association and serves its C-STOREs
     (installed by ``EventDUL``; runs in the DUL thread only)."""
 
-    def __init__(self, dul: EventDUL, store: Store, metrics: DicomMetrics) -> None:
+    def __init__(self, dul: EventDUL, store: Store, metrics: DicomMetrics,
+                 finder: Finder | None = None) -> None:
         self.dul = dul
         self.store = store
         self.metrics = metrics
+        self.finder = finder  # C-ECHO and C-FIND too, when set
         self.buffer = bytearray(BUFFER)
         self.header = bytearray(6)
         self.incoming: Incoming | None = None
@@ -295,7 +230,7 @@ class Receiver:
                 raise EOFError
             got += n
         _quickack(self.sock)
-        pdu_type, _, length = _PDU_HEADER.unpack(self.header)
+        pdu_type, _, length = PDU_HEADER.unpack(self.header)
         limit = self.dul.assoc.acceptor.maximum_length
         if pdu_type == P_DATA_TF and limit and length > limit + PDU_SLACK:
             # PS3.8 D.1: the peer agreed to our maximum; a larger PDU would be held in memory
@@ -330,7 +265,7 @@ class Receiver:
 
     def _hand_over(self, pdvs: memoryview) -> None:
         """Give PDV items to pynetdicom as the P-DATA-TF PDU they came in (or the rest of it)."""
-        self.dul.hand_over(bytearray(_PDU_HEADER.pack(P_DATA_TF, 0, len(pdvs))) + pdvs)
+        self.dul.hand_over(bytearray(PDU_HEADER.pack(P_DATA_TF, 0, len(pdvs))) + pdvs)
 
     def _start(self, body: memoryview) -> None:
         """A P-DATA-TF at a message boundary: take over a C-STORE-RQ, hand over the rest."""
@@ -352,9 +287,15 @@ class Receiver:
         if not count or not pdvs[count - 1].control & LAST:
             self._hand_over(body)
             return
-        request = self._store_request(pdvs[0].context_id, command)
+        request = self._request(pdvs[0].context_id, command)
         if request is None:
             self._hand_over(body)
+            return
+        if isinstance(request, EchoRequest):
+            assert self.finder is not None
+            self.finder.echo(self._send, request)
+            if count < len(pdvs):
+                self._start(body[pdvs[count].start - 6:])
             return
         self._open(request)
         for i, pdv in enumerate(pdvs[count:], count):
@@ -367,7 +308,7 @@ class Receiver:
     def _continue(self, body: PduBody) -> None:
         """A P-DATA-TF in the middle of a taken-over dataset: spool its fragments."""
         while body.remaining:
-            length, context_id, control = _PDV_HEADER.unpack(body.take(6))
+            length, context_id, control = PDV_HEADER.unpack(body.take(6))
             if length < 2:
                 raise Malformed(f"PDV item length {length}")
             pieces = body.stream(length - 2)
@@ -390,24 +331,36 @@ class Receiver:
         else:
             for piece in data:
                 incoming.file.write(piece)
+        if incoming.path is None and incoming.file.tell() > MAX_IDENTIFIER:
+            raise Malformed("a C-FIND identifier of more than 1 MB")
         if not control & LAST:
             return False
         self.incoming = None
         self._complete(incoming)
         return True
 
-    def _store_request(self, context_id: int, command: bytearray) -> StoreRequest | None:
-        """The C-STORE-RQ in ``command``, if it is one the fast path serves."""
+    def _request(self, context_id: int, command: bytearray
+                 ) -> StoreRequest | FindRequest | EchoRequest | None:
+        """The request in ``command``, if it is one the fast path serves."""
         elements = parse_command(command)
         if elements is None:
             return None
+        store = self._store_request(context_id, elements)
+        context = self.dul.assoc._accepted_cx.get(context_id)
+        if store is not None or self.finder is None or context is None:
+            return store
+        return fastfind.request_of(context_id, elements, str(context.abstract_syntax),
+                                   str(context.transfer_syntax[0]))
+
+    def _store_request(self, context_id: int, elements: dict[int, bytes]) -> StoreRequest | None:
+        """The C-STORE-RQ in ``elements``, if it is one the fast path serves."""
         try:
-            if (_us(elements[0x0100]) != C_STORE_RQ or _us(elements[0x0800]) == NO_DATASET
+            if (us(elements[0x0100]) != C_STORE_RQ or us(elements[0x0800]) == NO_DATASET
                     or 0x0700 not in elements):
                 return None
-            sop_class = _text(elements[0x0002])
+            sop_class = text(elements[0x0002])
             request = StoreRequest(
-                context_id, _us(elements[0x0110]), sop_class, _text(elements[0x1000]),
+                context_id, us(elements[0x0110]), sop_class, text(elements[0x1000]),
                 str(self.dul.assoc._accepted_cx[context_id].transfer_syntax[0]),
             )
         except (KeyError, IndexError, struct.error, UnicodeDecodeError):
@@ -423,27 +376,50 @@ class Receiver:
         class_uid = extended[0] if extended else sop_class
         return issubclass(uid_to_service_class(class_uid), StorageServiceClass)
 
-    def _open(self, request: StoreRequest) -> None:
+    def _open(self, request: StoreRequest | FindRequest) -> None:
+        if isinstance(request, FindRequest):
+            self.incoming = Incoming(request, io.BytesIO())
+            return
         fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.store.area.tmp)
         spool = open(fd, "wb")
-        self.incoming = Incoming(request, Path(name), spool)
+        self.incoming = Incoming(request, spool, Path(name))
         spool.write(file_meta(request.sop_class, request.sop_instance, request.transfer_syntax))
 
     def _complete(self, incoming: Incoming) -> None:
-        """Store the spooled instance (durable before we answer), then send the C-STORE-RSP."""
-        incoming.file.close()
+        """Store the spooled instance (durable before we answer), then send the C-STORE-RSP;
+        or answer the C-FIND."""
         request = incoming.request
-        assoc = self.dul.assoc
+        if isinstance(request, FindRequest):
+            self._find(request, cast(io.BytesIO, incoming.file).getvalue())
+            return
+        assert incoming.path is not None
+        incoming.file.close()
         status, comment = handlers.store_received(
             self.store, incoming.path, Expected(request.sop_class, request.sop_instance),
-            handlers.origin_of(assoc), self._peer(), self.metrics,
+            handlers.origin_of(self.dul.assoc), self._peer(), self.metrics,
         )
         incoming.path.unlink(missing_ok=True)  # as pynetdicom does after the handler
-        if assoc.is_established and self.dul.socket is not None:
-            max_pdu = int(assoc.requestor.maximum_length or 0)
-            self.dul.socket.send(command_pdus(
-                request.context_id, store_response(request, status, comment), max_pdu
-            ))
+        self._send(request.context_id, store_response(request, status, comment), None)
+
+    def _find(self, request: FindRequest, identifier: bytes) -> None:
+        assert self.finder is not None
+        deferred = self.finder.find(self._send, self.sock, request, identifier,
+                                    self.dul.assoc.requestor.ae_title, self._peer())
+        for pdu in deferred:  # what came while we answered (an A-ABORT...): pynetdicom's
+            self.dul.hand_over(bytearray(pdu))
+
+    def _send(self, context_id: int, command: bytes, dataset: bytes | None) -> None:
+        """A response message, in PDUs within the requestor's maximum length, in one write."""
+        # the DUL's state, not ``is_established``: a C-ECHO may come (and be answered) before
+        # the association thread, which sent the A-ASSOCIATE-AC, has flagged it established
+        if self.dul.state_machine.current_state != "Sta6" or self.dul.socket is None:
+            return
+        max_pdu = int(self.dul.assoc.requestor.maximum_length or 0)
+        data = command_pdus(context_id, command, max_pdu)
+        if dataset is not None:
+            data += command_pdus(context_id, dataset, max_pdu, control=0)
+        self.dul.socket.send(data)
+        self.dul._idle_timer.restart()  # a long answer is activity, not an idle association
 
     def discard(self) -> None:
         """Drop a partly received dataset (the transfer failed, or the association ends)."""
@@ -451,13 +427,9 @@ class Receiver:
         if incoming is None:
             return
         incoming.file.close()
-        incoming.path.unlink(missing_ok=True)
-        handlers.log_discarded(self._peer())
+        if incoming.path is not None:
+            incoming.path.unlink(missing_ok=True)
+            handlers.log_discarded(self._peer())
 
     def _peer(self) -> str:
         return handlers.peer_of(self.dul.assoc)
-
-
-def _us(value: bytes) -> int:
-    return int(struct.unpack("<H", value)[0])
-

@@ -16,7 +16,8 @@ success: a planning system would silently miss studies).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -59,9 +60,25 @@ ROOTS: dict[str, Root] = {  # PS3.4 C.6.1 and C.6.2 SOP classes
 QR_CONTEXTS = list(ROOTS)
 
 
-def check_allowed(event: Event, config: Config, operation: Permission) -> None:
+@dataclass(frozen=True)
+class Request:
+    """What a Q/R handler needs of a request, whichever path received it."""
+
+    sop_class: str  # the information model (a key of ``ROOTS``)
+    calling_aet: str
+    peer: str  # for log lines: AE title and address
+    identifier: Callable[[], Dataset]  # decodes it (may raise)
+
+
+def request_of(event: Event) -> Request:
+    """The ``Request`` of a pynetdicom event."""
+    return Request(str(event.request.AffectedSOPClassUID), event.assoc.requestor.ae_title,
+                   peer(event), lambda: event.identifier)
+
+
+def check_allowed(request: Request, config: Config, operation: Permission) -> None:
     """Only known modalities whose ``allow`` has ``operation`` (unless ``query_from_unknown``)."""
-    aet = event.assoc.requestor.ae_title
+    aet = request.calling_aet
     modality = config.modality_by_aet(aet)
     if modality is None and config.dicom.query_from_unknown:
         return
@@ -69,11 +86,11 @@ def check_allowed(event: Event, config: Config, operation: Permission) -> None:
         raise QueryError(NOT_ALLOWED, f"calling AE {aet} may not {operation}")
 
 
-def parse(event: Event, config: Config, retrieve: bool) -> Query:
+def parse(request: Request, config: Config, retrieve: bool) -> Query:
     """The request's identifier as a query (``QueryError`` if invalid or not answerable)."""
-    root = ROOTS[str(event.request.AffectedSOPClassUID)]
+    root = ROOTS[request.sop_class]
     try:
-        identifier: Dataset = event.identifier
+        identifier = request.identifier()
     except Exception as exc:
         raise QueryError(UNABLE_TO_PROCESS, f"cannot decode the identifier: {exc}") from exc
     query = parse_identifier(identifier, root, retrieve, config.dicom.case_sensitive_pn)
@@ -84,47 +101,58 @@ def parse(event: Event, config: Config, retrieve: bool) -> Query:
     return query
 
 
-def handle_find(event: Event, configs: ConfigStore, store: Store
-                ) -> Iterator[tuple[Any, Any]]:
-    """C-FIND (PS3.4 C.4.1): one pending response per matching entity, then success."""
-    config = configs.current
+Response = tuple[int, str, Dataset | None]  # status, error comment, identifier
+
+
+def find(request: Request, config: Config, store: Store, cancelled: Callable[[], bool]
+         ) -> Iterator[Response]:
+    """C-FIND (PS3.4 C.4.1): one pending response per matching entity, then the final one."""
     try:
-        check_allowed(event, config, "find")
-        query = parse(event, config, retrieve=False)
+        check_allowed(request, config, "find")
+        query = parse(request, config, retrieve=False)
     except QueryError as exc:
-        log.warning("C-FIND from %s refused (0x%04X): %s", peer(event), exc.status, exc.comment)
-        yield status(exc.status, exc.comment), None
+        log.warning("C-FIND from %s refused (0x%04X): %s", request.peer, exc.status,
+                    exc.comment)
+        yield exc.status, exc.comment, None
         return
     limit = config.dicom.max_find_answers
     sent = 0
     with database.connection_context():
         for match in search.search(query, store.read_header):
-            if event.is_cancelled:
-                log.info("C-FIND from %s cancelled after %d answers", peer(event), sent)
-                yield CANCELLED, None
+            if cancelled():
+                log.info("C-FIND from %s cancelled after %d answers", request.peer, sent)
+                yield CANCELLED, "", None
                 return
             if limit and sent >= limit:
                 log.warning("C-FIND from %s: more than %d matches, answers cut",
-                            peer(event), limit)
-                comment = f"more than {limit} matches: first {limit} sent"
-                yield status(OUT_OF_RESOURCES, comment), None
+                            request.peer, limit)
+                yield OUT_OF_RESOURCES, f"more than {limit} matches: first {limit} sent", None
                 return
-            yield PENDING, answer(query, match.value, config.dicom.aet)
+            yield PENDING, "", answer(query, match.value, config.dicom.aet)
             sent += 1
-    log.info("C-FIND %s level from %s: %d answers", query.level.name, peer(event), sent)
-    yield SUCCESS, None
+    log.info("C-FIND %s level from %s: %d answers", query.level.name, request.peer, sent)
+    yield SUCCESS, "", None
+
+
+def handle_find(event: Event, configs: ConfigStore, store: Store
+                ) -> Iterator[tuple[Any, Any]]:
+    """pynetdicom's C-FIND handler (requests the fast path leaves to pynetdicom)."""
+    for code, comment, identifier in find(request_of(event), configs.current, store,
+                                          lambda: bool(event.is_cancelled)):
+        yield (status(code, comment) if comment else code), identifier
 
 
 def _plan(event: Event, config: Config, store: Store, operation: Permission) -> Plan | Refusal:
     destination = None
+    request = request_of(event)
     try:
-        check_allowed(event, config, operation)
+        check_allowed(request, config, operation)
         if operation == "move":
             name = (event.move_destination or "").strip()
             destination = config.modality_by_aet(name)
             if destination is None:
                 raise QueryError(MOVE_DESTINATION_UNKNOWN, f"unknown move destination {name}")
-        query = parse(event, config, retrieve=True)
+        query = parse(request, config, retrieve=True)
     except QueryError as exc:
         log.warning("C-%s from %s refused (0x%04X): %s", operation.upper(), peer(event),
                     exc.status, exc.comment)

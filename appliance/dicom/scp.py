@@ -18,7 +18,7 @@ from ..config import Config
 from ..configstore import ConfigStore
 from ..health.metrics import DicomMetrics
 from ..store import Store
-from . import faststore, handlers, qr, reactor, retrieve
+from . import fastfind, faststore, handlers, qr, reactor, retrieve
 from .reactor import EventRequestHandler, EventServer
 
 log = logging.getLogger("appliance.dicom")
@@ -127,7 +127,8 @@ class DicomServer:
         if isinstance(self.server, EventServer):
             self.server.on_served = metrics.served
             if config.dicom.fast_store:
-                self.server.receiver = lambda dul: faststore.Receiver(dul, store, metrics)
+                finder = fastfind.Finder(configs, store, metrics)
+                self.server.receiver = lambda dul: faststore.Receiver(dul, store, metrics, finder)
         metrics.active.set_function(lambda: len(self._acceptors()))
         # as ``AE.start_server`` does: pynetdicom's ``shutdown`` removes the server from this list
         # and raises ValueError if it is not there (the stop would then skip everything after)
