@@ -38,19 +38,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _configs(args: argparse.Namespace) -> ConfigStore:
+def configs_of(args: argparse.Namespace) -> ConfigStore:
     """The file, the settings saved at run time (modalities, routes...), then the flags."""
     return ConfigStore.open(Path(args.config) if args.config else None, _overrides(args))
 
 
-def _config(args: argparse.Namespace) -> Config:
-    return _configs(args).current
+def config_of(args: argparse.Namespace) -> Config:
+    """The configuration the command runs with (``configs_of``, read once)."""
+    return configs_of(args).current
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .runtime import serve
 
-    configs = _configs(args)
+    configs = configs_of(args)
     log.setup(configs.current.log.level)
     return serve(configs)
 
@@ -60,7 +61,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     from .storage.fsck import reconcile
     from .store import Store
 
-    config = _config(args)
+    config = config_of(args)
     log.setup("WARNING")
     lock = DataLock(config.data_dir) if args.repair else None
     store = Store(config)
@@ -85,7 +86,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from .storage.fsck import reconcile
     from .store import Store
 
-    config = _config(args)
+    config = config_of(args)
     log.setup("WARNING")
     lock = DataLock(config.data_dir)
     db_path = config.data_dir / "index.sqlite"
@@ -114,7 +115,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if args.describe:
         print("\n".join(describe()))
         return 0
-    config = _config(args)
+    config = config_of(args)
     print(json.dumps(to_dict(config), indent=2))
     return 0
 
@@ -127,7 +128,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     url = args.url
     if url is None:
-        http = _config(args).http
+        http = config_of(args).http
         url = f"http://{loopback(http.host)}:{args.http_port or http.port}"
     answer = fetch_health(url, args.timeout)
     print("\n".join(lines(answer)))
@@ -140,7 +141,7 @@ def cmd_user(args: argparse.Namespace) -> int:
     from .accounts import AccountError, Accounts
     from .runtime import DataLock
 
-    config = _config(args)
+    config = config_of(args)
     lock = DataLock(config.data_dir)
     try:
         accounts = Accounts(config.data_dir)
@@ -213,7 +214,7 @@ def _keys(args: argparse.Namespace) -> dict[str, str]:
 def cmd_echo(args: argparse.Namespace) -> int:
     from .dicom.remote import echo
 
-    config = _config(args)
+    config = config_of(args)
     name, modality = _node(args, config)
     result = echo(config.dicom, modality)
     if not result.ok:
@@ -232,7 +233,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     from .index.resources import instances_of
     from .storage.area import StorageArea
 
-    config = _config(args)
+    config = config_of(args)
     modality = resolve(config, args.to)
     index = config.data_dir / "index.sqlite"
     if not index.exists():
@@ -261,7 +262,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from .dicom.remote import find, keyword
 
-    config = _config(args)
+    config = config_of(args)
     _, modality = _node(args, config)
     answers = find(config.dicom, modality, args.level, _keys(args), args.model)
     rows = [{keyword(int(e.tag)): _text(e.value) for e in answer
@@ -296,7 +297,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     from .dicom.remote import BadQuery, get, move
     from .runtime import DataLocked
 
-    config = _config(args)
+    config = config_of(args)
     name, modality = _node(args, config)
     keys = _keys(args)
     if args.out and not args.get:

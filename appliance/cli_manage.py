@@ -151,10 +151,10 @@ def add_parsers(command: Callable[..., argparse.ArgumentParser]) -> None:
 def _wrap(func: Callable[[Config, argparse.Namespace], int]) -> Callable[[argparse.Namespace],
                                                                            int]:
     def cmd(args: argparse.Namespace) -> int:
-        from .cli import _config
+        from .cli import config_of
 
         try:
-            return func(_config(args), args)
+            return func(config_of(args), args)
         except Refused as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
