@@ -41,7 +41,7 @@ from appliance.dicom import fastfind, faststore
 from appliance.dicom.faststore import PduBody, StoreRequest
 from appliance.dicom.pdu import Malformed, command_pdus, parse_command, split_pdvs
 
-from .conftest import ApplianceProcess, make_series, storescu
+from .conftest import ApplianceProcess, make_series, storescu, wait_for
 
 SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.12345678901234567890123"  # odd length: padded
@@ -516,3 +516,48 @@ def test_abort_while_answering_leaves_the_server_well(appliance_factory: Any,
         assert again.send_c_echo().Status == 0x0000
     finally:
         again.release()
+
+
+def test_waiting_spare_association_counts_for_nothing(appliance_factory: Any) -> None:
+    """The association made ready before a connection (``reactor``) takes no slot of
+    ``max_associations``, and each connection in turn gets a working one."""
+    app = appliance_factory(config={"dicom": {"max_associations": 2},
+                                    "health": {"interval": 3600}}).start()
+    held: list[Association] = []
+
+    def hold_two() -> bool:  # (the start-up's own C-ECHOs may still hold slots a moment)
+        ae = AE(ae_title="FASTSCU")
+        ae.add_requested_context(Verification)
+        held.extend(ae.associate("127.0.0.1", app.dicom_port, ae_title=app.aet)
+                    for _ in range(2))
+        if all(a.is_established for a in held):
+            return True
+        for a in held:
+            a.release() if a.is_established else a.kill()
+        held.clear()
+        return False
+
+    wait_for(hold_two, 10, "two associations")
+    try:
+        ae = AE(ae_title="FASTSCU")
+        ae.add_requested_context(Verification)
+        third = ae.associate("127.0.0.1", app.dicom_port, ae_title=app.aet)
+        assert third.is_rejected
+        assert [a.send_c_echo().Status for a in held] == [0, 0]
+    finally:
+        for assoc in held:
+            assoc.release()
+    echoes = []
+
+    def echo() -> bool:  # (released associations may hold their slot a moment)
+        ae = AE(ae_title="FASTSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", app.dicom_port, ae_title=app.aet)
+        if assoc.is_established:
+            echoes.append(assoc.send_c_echo().Status)
+            assoc.release()
+        return assoc.is_released
+
+    for _ in range(5):  # one after the other, as C-ECHO probes come
+        wait_for(echo, 10, "a C-ECHO")
+    assert echoes == [0] * 5

@@ -193,6 +193,7 @@ class EventDUL(DULServiceProvider):
 
     def run_reactor(self) -> None:
         """pynetdicom's ``DULServiceProvider.run_reactor``, waiting instead of sleeping."""
+        cast(EventAssociation, self.assoc)._go.wait()
         self._idle_timer.start()
         idle = False
         try:
@@ -225,6 +226,10 @@ class EventDUL(DULServiceProvider):
         finally:
             if self.receiver is not None:
                 self.receiver.discard()
+            if self.assoc.mode == MODE_ACCEPTOR and self.assoc.requestor.primitive is None:
+                # the connection ended before an A-ASSOCIATE-RQ (a port probe): the association
+                # thread would otherwise wait for one, holding a slot, until the ACSE timeout
+                self.to_user_queue.put(None)  # type: ignore[arg-type]
             self._assoc_activity.set()
             os.close(self._efd)
             self._efd = -1
@@ -276,9 +281,18 @@ class NarrowingACSE(ACSE):
 
 
 class EventAssociation(Association):
-    """An association whose reactor waits on an ``Event`` instead of polling every 1 ms."""
+    """An association whose reactor waits on an ``Event`` instead of polling every 1 ms.
 
-    def __init__(self, ae: Any, mode: str, receiver: ReceiverFactory | None = None) -> None:
+    A *spare* (an acceptor made before its connection arrives) starts both its threads at once
+    and holds them until ``go``: starting two threads costs about a millisecond on a small
+    box, which every short association (C-ECHO, C-FIND, a modality's store) would otherwise
+    wait for before its A-ASSOCIATE-AC. Until then it counts as no acceptor (``is_acceptor``)
+    and has no ``AcceptorThread`` name, so pynetdicom's association limits ignore it; nor does
+    an association whose reactor has returned, while its thread makes the next spare.
+    """
+
+    def __init__(self, ae: Any, mode: str, receiver: ReceiverFactory | None = None,
+                 spare: bool = False) -> None:
         super().__init__(ae, mode)
         self.acse = NarrowingACSE(self)
         self._activity = threading.Event()
@@ -287,8 +301,50 @@ class EventAssociation(Association):
         checkpoint = Checkpoint(self._activity)
         checkpoint.set()
         self._reactor_checkpoint = checkpoint
+        self._spare = spare
+        self._finished = False  # its reactor has returned: it holds no slot any more
+        self._go = threading.Event()
+        if spare:
+            self.dul.daemon = True  # never holds the process up if it is never used
+            self._start_threads()
+        else:
+            self._go.set()
+
+    @property
+    def is_acceptor(self) -> bool:
+        return not self._spare and not self._finished and self.mode == MODE_ACCEPTOR
+
+    def _start_threads(self) -> None:
+        """As pynetdicom's acceptors start: the DUL first (it reads the A-ASSOCIATE-RQ)."""
+        self.dul.start()
+        self._started_dul = True
+        self.start()
+
+    def go(self) -> None:
+        """Run: let a spare's threads go on, or start them."""
+        if self._spare:
+            self._spare = False
+            self._go.set()
+        else:
+            self._start_threads()
+
+    def run_reactor(self) -> None:
+        self._go.wait()
+        if self._kill:  # a spare killed unused: the server stopped
+            return
+        super().run_reactor()
+        self._finished = True
+        if isinstance(self._server, EventServer):
+            # the next spare is made here, once this association is over, and not right after
+            # the connection that took the last one: threads starting then would compete for
+            # the GIL with that association's own first steps
+            self._server.prepare_spare()
 
     def kill(self) -> None:
+        if self._spare:  # never used: stop both threads where they wait
+            self._kill = True
+            self.dul.kill_dul()
+            self._go.set()
         self._activity.set()
         super().kill()
 
@@ -380,19 +436,20 @@ class EventRequestHandler(RequestHandler):
     """pynetdicom's request handler, building event-driven associations on tuned sockets."""
 
     def handle(self) -> None:
-        """As ``RequestHandler.handle``, with the DUL thread started before the association's
-        (as pynetdicom's requestors do): it reads the A-ASSOCIATE-RQ meanwhile."""
+        """As ``RequestHandler.handle``, on the server's spare association if it has one, then
+        a spare made ready for the next connection."""
         assoc = self._create_association()
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.dul.start()
-        assoc._started_dul = True
-        assoc.start()
+        assoc.go()
 
-    def _create_association(self) -> Association:
+    def _create_association(self) -> EventAssociation:
         """As ``RequestHandler._create_association``, with our association and socket."""
         tune_socket(self.request)
         server = self.server
-        assoc = EventAssociation(self.ae, MODE_ACCEPTOR, getattr(server, "receiver", None))
+        assoc = server.take_spare() if isinstance(server, EventServer) else None
+        if assoc is None:
+            assoc = EventAssociation(self.ae, MODE_ACCEPTOR, getattr(server, "receiver", None))
+            bind_handlers(assoc, server)
         assoc._server = server
         # pynetdicom's ``active_associations`` finds acceptors by this name prefix
         assoc.name = f"AcceptorThread@{self.client_address[0]}:{self.client_address[1]}"
@@ -407,13 +464,17 @@ class EventRequestHandler(RequestHandler):
         # negotiation only reads them, so the server's list is shared
         acceptor.supported_contexts = server.contexts
         assoc.requestor.address_info = self.remote
-        for event, bound in server._handlers.items():
-            if event.is_intervention and bound:
-                assoc.bind(event, *bound)
-            elif isinstance(event, evt.NotificationEvent):
-                for handler, args in cast(list[tuple[Callable[..., Any], Any]], bound):
-                    assoc.bind(event, handler, args)
         return assoc
+
+
+def bind_handlers(assoc: Association, server: Any) -> None:
+    """The server's event handlers, bound to one of its associations (as pynetdicom does)."""
+    for event, bound in server._handlers.items():
+        if event.is_intervention and bound:
+            assoc.bind(event, *bound)
+        elif isinstance(event, evt.NotificationEvent):
+            for handler, args in cast(list[tuple[Callable[..., Any], Any]], bound):
+                assoc.bind(event, handler, args)
 
 
 def use_for_requests() -> None:
@@ -436,6 +497,36 @@ class EventServer(ThreadedAssociationServer):
         and starts the association's own threads, and a thread more per connection (as
         ``ThreadingMixIn`` starts) delays the A-ASSOCIATE-AC of every short C-FIND or C-ECHO."""
         self.process_request_thread(request, client_address)
+
+    _spare: EventAssociation | None = None
+    _spare_lock = threading.Lock()
+    _closed = False
+
+    def prepare_spare(self) -> None:
+        """Have an association waiting for the next connection (if none is)."""
+        if self._spare is not None or self._closed:
+            return
+        spare = EventAssociation(self.ae, MODE_ACCEPTOR, self.receiver, spare=True)
+        bind_handlers(spare, self)  # now, rather than once a connection waits for it
+        with self._spare_lock:
+            kept = self._spare is None and not self._closed
+            if kept:
+                self._spare = spare
+        if not kept:  # another thread was quicker, or the server closed meanwhile
+            spare.kill()
+
+    def take_spare(self) -> EventAssociation | None:
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        return spare
+
+    def server_close(self) -> None:
+        with self._spare_lock:
+            self._closed = True
+        spare = self.take_spare()
+        if spare is not None:
+            spare.kill()
+        super().server_close()
 
     @functools.cached_property
     def contexts_by_syntax(self) -> dict[str, list[Any]]:

@@ -143,6 +143,8 @@ class DicomServer:
         return int(self.server.server_address[1])
 
     def start(self) -> None:
+        if isinstance(self.server, EventServer):
+            self.server.prepare_spare()
         self._thread.start()
         log.info("DICOM listening on %s:%d as %s", self.config.dicom.host, self.port,
                  self.config.dicom.aet)
