@@ -90,12 +90,19 @@ class Store:
         """Make the received file ``tmp_path`` a durable, indexed instance (or raise
         ``BadInstance``), queued for the destinations its routes name. The file is consumed
         either way."""
+        return self.receive_tagged(tmp_path, origin, expected)[0]
+
+    def receive_tagged(self, tmp_path: Path, origin: Origin, expected: Expected | None = None,
+                       md5: str | None = None) -> tuple[Recorded, InstanceTags]:
+        """``receive``, also giving the tags read from the file (for answers that name the
+        instance's UIDs without asking the index). ``md5``: the file's digest, when the caller
+        hashed it while writing it (the file is then not read again for it)."""
         try:
             tags = read_instance_tags(tmp_path)
             if expected is not None:
                 check_expected(tags, expected)
             self.admission(tags, origin, tmp_path)
-            info = FileInfo("", tmp_path.stat().st_size, md5_file(tmp_path))
+            info = FileInfo("", tmp_path.stat().st_size, md5 or md5_file(tmp_path))
             planned = self.rules.match(tags, origin, tmp_path)
             reserved = self.governor.admit(info.size, tags)
         except BaseException:
@@ -112,7 +119,7 @@ class Store:
         if now and recorded.outcome != "kept-first":
             self.on_queued(now)
         self.on_stored(recorded, tags, origin)
-        return recorded
+        return recorded, tags
 
     def _store_file(self, tmp_path: Path, tags: InstanceTags, info: FileInfo, origin: Origin,
                     planned: list[Planned]) -> Recorded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 from pathlib import Path
@@ -28,25 +29,42 @@ def reader(data: bytes, size: int) -> io.BytesIO:
 @pytest.mark.parametrize("size", [1, 3, 7, 1 << 16])
 def test_parts_survive_any_chunking(tmp_path: Path, size: int) -> None:
     counter = itertools.count()
-    splitter = Splitter("b0undary", lambda: tmp_path / f"{size}-{next(counter)}")
-    parts = splitter.split(reader(BODY, size).read)
-    assert [h.get_content_type() for h, _ in parts] == ["application/dicom", "text/plain"]
-    assert [p.read_bytes() for _, p in parts] == [b"first\r\n--b0und", b""]
+    splitter = Splitter("b0undary", reader(BODY, size).read,
+                        lambda: tmp_path / f"{size}-{next(counter)}")
+    parts = list(splitter.parts())
+    assert [p.headers.get_content_type() for p in parts] == ["application/dicom", "text/plain"]
+    assert [p.path.read_bytes() for p in parts] == [b"first\r\n--b0und", b""]
+    assert [p.md5 for p in parts] == [hashlib.md5(b"first\r\n--b0und").hexdigest(),
+                                      hashlib.md5(b"").hexdigest()]
+    assert parts[0].head == b"first\r\n--b0und"
+
+
+def test_separator_across_reads(tmp_path: Path) -> None:
+    """A separator cut anywhere between two reads, the second long or short."""
+    body = b"--b\r\n\r\n" + b"x" * 50 + b"\r\n--b\r\n\r\ny\r\n--b--"
+    counter = itertools.count()
+    for cut in range(len(body)):
+        for rest in (1, 4, 1 << 16):
+            sizes = iter([cut or 1] + [rest] * len(body))
+            stream = io.BytesIO(body)
+            parts = list(Splitter("b", lambda n: stream.read(min(n, next(sizes))),
+                                  lambda: tmp_path / f"{cut}-{rest}-{next(counter)}").parts())
+            assert [p.path.read_bytes() for p in parts] == [b"x" * 50, b"y"], (cut, rest)
 
 
 def test_join_is_split_back(tmp_path: Path) -> None:
     body = b"".join(join([("application/dicom", [b"ab", b"c"]), ("application/dicom", [b""])],
                          "xyz"))
     counter = itertools.count()
-    parts = Splitter("xyz", lambda: tmp_path / str(next(counter))).split(io.BytesIO(body).read)
-    assert [p.read_bytes() for _, p in parts] == [b"abc", b""]
+    parts = Splitter("xyz", io.BytesIO(body).read, lambda: tmp_path / str(next(counter))).parts()
+    assert [p.path.read_bytes() for p in parts] == [b"abc", b""]
 
 
 def test_truncated_body_is_malformed(tmp_path: Path) -> None:
-    splitter = Splitter("b0undary", lambda: tmp_path / "part")
+    parts = Splitter("b0undary", io.BytesIO(BODY[:60]).read, lambda: tmp_path / "part").parts()
     with pytest.raises(Malformed):
-        splitter.split(io.BytesIO(BODY[:60]).read)
-    assert len(splitter.parts) == 1, "files made are listed, for the caller to remove"
+        list(parts)
+    assert list(tmp_path.iterdir()) == [], "the part cut short is removed"
 
 
 def test_accept_headers() -> None:

@@ -3,16 +3,18 @@ written to files as they arrive, parts of a response are read from files as they
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from email.message import Message
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import BinaryIO
 
 CHUNK = 1 << 20  # bytes read at a time: fewer, larger scans for the boundary
 MAX_HEADERS = 16 * 1024
+HEAD = 64 * 1024  # bytes of each part kept in memory (its UIDs, should it be refused)
 
 
 class Malformed(ValueError):
@@ -27,73 +29,127 @@ def media_params(content_type: str) -> tuple[str, dict[str, str]]:
     return message.get_content_type(), params
 
 
-class Splitter:
-    """Feeds a multipart body through; each part's body goes to a new file."""
+@dataclass
+class Part:
+    """One part of a request, its body written to ``path``."""
 
-    def __init__(self, boundary: str, new_file: Callable[[], Path]) -> None:
+    headers: Message
+    path: Path
+    md5: str  # of the body, hashed as it was written (the store need not read it again)
+    head: bytes  # its first bytes, for a look at the header without opening the file
+
+
+class _PartFile:
+    """A part's body on its way to disk: written once, hashed and its head kept meanwhile."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "wb")
+        self.md5 = hashlib.md5()
+        self.head = bytearray()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if len(self.head) < HEAD:
+            self.head += data[:HEAD - len(self.head)]
+        self.file.write(data)
+        self.md5.update(data)
+
+
+class Splitter:
+    """Reads a multipart body from ``read`` and writes each part's body to a new file. The
+    input is scanned where it lies (a chunk is copied only when a part's headers straddle two),
+    so each byte of a part is copied once, into its file."""
+
+    def __init__(self, boundary: str, read: Callable[[int], bytes],
+                 new_file: Callable[[], Path]) -> None:
         self.delimiter = b"--" + boundary.encode("latin-1")
+        self.separator = b"\r\n" + self.delimiter
+        self.read = read
         self.new_file = new_file
         self.buf = b""
-        self.parts: list[tuple[Message, Path]] = []
+        self.pos = 0  # self.buf[self.pos:] is not consumed yet
 
-    def split(self, read: Callable[[int], bytes]) -> list[tuple[Message, Path]]:
-        """Every part, as (headers, file). Files already made stay listed if it raises."""
-        self._skip_preamble(read)
-        while self._more(read):
-            headers = self._headers(read)
+    def parts(self) -> Iterator[Part]:
+        """Each part once its file is whole (the caller owns the file from then on; a part
+        cut short by an error is removed)."""
+        self._skip_preamble()
+        while self._more():
+            headers = self._headers()
             path = self.new_file()
-            self.parts.append((headers, path))
-            with open(path, "wb") as out:
-                self._body(read, out)
-        return self.parts
+            try:
+                out = _PartFile(path)
+                with out.file:
+                    self._body(out)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            yield Part(headers, path, out.md5.hexdigest(), bytes(out.head))
 
-    def _fill(self, read: Callable[[int], bytes]) -> None:
-        chunk = read(CHUNK)
+    def _chunk(self) -> bytes:
+        chunk = self.read(CHUNK)
         if not chunk:
             raise Malformed("the body ends before the closing boundary")
-        self.buf += chunk
+        return chunk
 
-    def _skip_preamble(self, read: Callable[[int], bytes]) -> None:
-        while (at := self.buf.find(self.delimiter)) < 0:
-            self.buf = self.buf[-len(self.delimiter):]
-            self._fill(read)
-        self.buf = self.buf[at + len(self.delimiter):]
+    def _extend(self) -> None:
+        """More input after what is left (a copy: for the few bytes around a boundary)."""
+        self.buf = self.buf[self.pos:] + self._chunk()
+        self.pos = 0
 
-    def _more(self, read: Callable[[int], bytes]) -> bool:
+    def _skip_preamble(self) -> None:
+        while (at := self.buf.find(self.delimiter, self.pos)) < 0:
+            self.pos = max(self.pos, len(self.buf) - len(self.delimiter))
+            self._extend()
+        self.pos = at + len(self.delimiter)
+
+    def _more(self) -> bool:
         """After a delimiter: ``--`` closes the message, CRLF opens a part."""
-        while len(self.buf) < 2:
-            self._fill(read)
-        if self.buf.startswith(b"--"):
+        while len(self.buf) - self.pos < 2:
+            self._extend()
+        if self.buf.startswith(b"--", self.pos):
             return False
-        self.buf = self.buf.lstrip(b" \t")
-        while not self.buf.startswith(b"\r\n"):
-            if len(self.buf) >= 2:
+        while True:
+            window = self.buf[self.pos:self.pos + MAX_HEADERS]
+            rest = window.lstrip(b" \t")
+            if rest.startswith(b"\r\n"):
+                self.pos += len(window) - len(rest) + 2
+                return True
+            if len(rest) >= 2 or len(window) >= MAX_HEADERS:
                 raise Malformed("a boundary is not followed by a line end")
-            self._fill(read)
-        self.buf = self.buf[2:]
-        return True
+            self._extend()
 
-    def _headers(self, read: Callable[[int], bytes]) -> Message:
-        while (end := self.buf.find(b"\r\n\r\n")) < 0 and not self.buf.startswith(b"\r\n"):
-            if len(self.buf) > MAX_HEADERS:
+    def _headers(self) -> Message:
+        while len(self.buf) - self.pos < 2:
+            self._extend()
+        if self.buf.startswith(b"\r\n", self.pos):
+            self.pos += 2  # no headers at all
+            return Message()
+        while (end := self.buf.find(b"\r\n\r\n", self.pos)) < 0:
+            if len(self.buf) - self.pos > MAX_HEADERS:
                 raise Malformed("a part's headers are too long")
-            self._fill(read)
-        if self.buf.startswith(b"\r\n"):
-            end = -2  # no headers at all
-        text = self.buf[:max(end, 0)].decode("latin-1")
-        self.buf = self.buf[end + 4:]
+            self._extend()
+        text = self.buf[self.pos:end].decode("latin-1")
+        self.pos = end + 4
         return HeaderParser().parsestr(text)
 
-    def _body(self, read: Callable[[int], bytes], out: BinaryIO) -> None:
-        separator = b"\r\n" + self.delimiter
-        while (at := self.buf.find(separator)) < 0:
-            keep = len(separator) - 1
-            if len(self.buf) > keep:
-                out.write(memoryview(self.buf)[:-keep])
-                self.buf = self.buf[-keep:]
-            self._fill(read)
-        out.write(memoryview(self.buf)[:at])
-        self.buf = self.buf[at + len(separator):]
+    def _body(self, out: _PartFile) -> None:
+        """Write up to the next separator; a separator may straddle two chunks."""
+        separator, reach = self.separator, len(self.separator) - 1
+        while (at := self.buf.find(separator, self.pos)) < 0:
+            keep = max(self.pos, len(self.buf) - reach)  # may start a separator
+            out.write(memoryview(self.buf)[self.pos:keep])
+            tail, chunk = self.buf[keep:], self._chunk()
+            if len(chunk) < reach:  # too short to tell: look again with more
+                self.buf, self.pos = tail + chunk, 0
+                continue
+            self.buf, self.pos = chunk, 0
+            straddling = (tail + chunk[:reach]).find(separator)
+            if 0 <= straddling < len(tail):
+                out.write(tail[:straddling])
+                self.pos = straddling + len(separator) - len(tail)
+                return
+            out.write(tail)
+        out.write(memoryview(self.buf)[self.pos:at])
+        self.pos = at + len(separator)
 
 
 def new_boundary() -> str:

@@ -1,0 +1,205 @@
+"""Upload bodies handed to their view as they arrive, through a bounded pipe.
+
+waitress receives a whole request body (to a temporary file above ``inbuf_overflow``) before
+the application sees a byte of it. An upload (STOW-RS, ``POST /instances``) was then written
+twice to the disk it is stored on -- waitress's copy, the view's spool files -- and read back
+once more, and its first instance could not be stored before its last byte had arrived. For the
+requests ``streamed`` names, this channel starts the view as soon as the headers are in and
+feeds it the body, de-chunked by waitress's own receivers, through a ``BodyPipe``: while the
+pipe holds ``PIPE_BYTES`` the network thread stops reading the socket (TCP flow control holds
+the client back), so memory stays bounded whatever the body's size.
+
+A view that answers before the end of the body (401, 413, ...) leaves the rest to be read and
+dropped, so the client gets its answer; a body that breaks its framing (bad chunks, over
+``max_request_body_size``) or a client that goes away ends the pipe with an error, and the
+connection is closed once the answer is sent.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import bottle
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+
+PIPE_BYTES = 4 << 20  # held per upload at most (plus one socket read)
+
+Streamed = Callable[[str, str], bool]  # (method, path): is this request's body streamed?
+
+
+class BodyPipe:
+    """A request body between waitress's network thread, which appends to it as to the buffer
+    its body receivers write, and the view's thread, which reads it as ``wsgi.input``."""
+
+    def __init__(self, wake: Callable[[], None], timeout: float) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.held = 0  # bytes appended, not yet read
+        self.total = 0  # bytes appended (waitress's receivers ask len())
+        self.cond = threading.Condition()
+        self.ended = False
+        self.error: bottle.HTTPError | None = None
+        self.abandoned = False  # the view is done: what comes is dropped
+        self.broken = False  # the framing is lost: the connection must close
+        self.wake = wake  # makes the network thread look at ``full`` again
+        self.timeout = timeout
+
+    def __len__(self) -> int:
+        return self.total
+
+    @property
+    def full(self) -> bool:
+        return self.held >= PIPE_BYTES
+
+    def append(self, data: bytes) -> None:
+        with self.cond:
+            self.total += len(data)
+            if not self.abandoned:
+                self.chunks.append(data)
+                self.held += len(data)
+                self.cond.notify()
+
+    def end(self, error: bottle.HTTPError | None = None) -> None:
+        with self.cond:
+            self.ended = True
+            self.error = error
+            self.cond.notify()
+
+    def getfile(self) -> BodyPipe:
+        return self
+
+    def close(self) -> None:
+        """waitress closes the request's body once the view has answered."""
+        with self.cond:
+            self.abandoned = True
+            self.chunks.clear()
+            self.held = 0
+        self.wake()
+
+    def read(self, size: int = -1) -> bytes:
+        """The next bytes, at most ``size`` (all that is left if negative); b"" at the end.
+        Raises the pipe's error (an ``HTTPError``), or 408 after ``timeout`` with no data."""
+        if size < 0:
+            return b"".join(iter(lambda: self.read(PIPE_BYTES), b""))
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.chunks or self.ended, self.timeout):
+                raise bottle.HTTPError(408, f"no more of the body came for {self.timeout} s")
+            if self.error is not None:
+                raise self.error
+            if not self.chunks:
+                return b""
+            was_full = self.full
+            chunk = self.chunks.popleft()
+            if size < len(chunk):
+                self.chunks.appendleft(chunk[size:])
+                chunk = chunk[:size]
+            self.held -= len(chunk)
+        if was_full and not self.full:
+            self.wake()
+        return chunk
+
+
+class StreamingParser(HTTPRequestParser):  # type: ignore[misc]
+    """waitress's parser, which declares a streamed request complete with its headers."""
+
+    completed: bool
+
+    def __init__(self, adj: Any, channel: StreamingChannel) -> None:
+        super().__init__(adj)
+        self.channel = channel
+
+    def received(self, data: bytes) -> int:
+        if self.headers_finished:
+            return int(super().received(data))
+        consumed = int(super().received(data))
+        if (self.headers_finished and not self.completed and self.body_rcv is not None
+                and self.channel.streamed(self.command, self.path)):
+            self.completed = True  # the channel starts the task, then feeds it the body
+            consumed += self.channel.stream_body(self, data[consumed:])
+        return consumed
+
+
+class StreamingChannel(HTTPChannel):  # type: ignore[misc]
+    """waitress's channel, which feeds the bodies of ``streamed`` requests to their task."""
+
+    def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None, *,
+                 streamed: Streamed) -> None:
+        self.streamed = streamed
+        self.body: tuple[Any, BodyPipe] | None = None  # (waitress's receiver, its pipe)
+        super().__init__(server, sock, addr, adj, map)
+        self.parser_class = partial(StreamingParser, channel=self)
+
+    def stream_body(self, request: StreamingParser, data: bytes) -> int:
+        """Put a pipe under the request's body receiver; feed it what came with the headers."""
+        pipe = BodyPipe(self.server.pull_trigger, self.adj.channel_timeout)
+        request.body_rcv.buf = pipe
+        self.body = (request.body_rcv, pipe)
+        return self._feed(data) if data else 0
+
+    def _feed(self, data: bytes) -> int:
+        """Network thread: give body bytes to the receiver; the number it took."""
+        assert self.body is not None
+        receiver, pipe = self.body
+        consumed = int(receiver.received(data))
+        if receiver.error is not None:
+            self._break(pipe, bottle.HTTPError(400, f"malformed body: {receiver.error.body}"))
+        elif pipe.total >= self.adj.max_request_body_size:
+            self._break(pipe, bottle.HTTPError(
+                413, f"the body is over the limit of {self.adj.max_request_body_size} bytes"))
+        elif receiver.completed:
+            pipe.end()
+            self.body = None
+        return consumed
+
+    def _break(self, pipe: BodyPipe, error: bottle.HTTPError) -> None:
+        """The body cannot be read to its end: the view gets ``error``, the connection closes
+        once the answer is sent (by the view's thread if it has not answered yet)."""
+        with pipe.cond:
+            pipe.broken = True
+            answered = pipe.abandoned
+        pipe.end(error)
+        if answered:
+            self.close_when_flushed = True
+
+    def received(self, data: bytes) -> bool:
+        if self.body is not None and not (self.will_close or self.close_when_flushed):
+            data = data[self._feed(data):]
+        return bool(super().received(data)) if data and self.body is None else True
+
+    def readable(self) -> bool:
+        if self.body is None:
+            return bool(super().readable())
+        pipe = self.body[1]
+        return not (self.will_close or self.close_when_flushed or pipe.broken or pipe.full)
+
+    def send_continue(self) -> None:
+        """waitress marks the request incomplete after a 100 Continue: a streamed one stays
+        complete (its task is started)."""
+        completed = self.request.completed
+        super().send_continue()
+        self.request.completed = completed
+
+    def service(self) -> None:
+        body = self.body
+        super().service()
+        if body is not None:
+            with body[1].cond:
+                broken = body[1].broken
+            if broken:
+                with self.requests_lock:
+                    self.close_when_flushed = True
+
+    def handle_close(self) -> None:
+        if self.body is not None:
+            self._break(self.body[1], bottle.HTTPError(
+                400, "the client closed the connection before the end of the body"))
+        super().handle_close()
+
+
+def channel_class(streamed: Streamed) -> Callable[..., StreamingChannel]:
+    """What waitress's server makes its channels with (``server.channel_class``)."""
+    return partial(StreamingChannel, streamed=streamed)
