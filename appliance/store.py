@@ -32,7 +32,7 @@ from .index import resources
 from .index.db import Unflushed, Writer, open_database
 from .index.delete import delete_instances, emptied
 from .index.ingest import FileInfo, Origin, Queued, Recorded, forget_parents, record_instance
-from .index.models import Instance
+from .index.models import Instance, tuples
 from .index.quota import set_protected
 from .index.tags import BadInstance, InstanceTags, read_instance_tags
 from .routing.rules import Planned, Rules
@@ -40,6 +40,8 @@ from .storage.area import StorageArea, md5_file
 from .storage.governor import Governor
 
 log = logging.getLogger(__name__)
+
+LOOKUP_BATCH = 500  # IDs per query (SQLite allows 32,766 parameters, older builds 999)
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,17 @@ class Store:
         """The stored bytes of an instance, or None if there is no such instance."""
         row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
         return open(self.area.path(row.file), "rb") if row else None
+
+    def instance_files(self, public_ids: Sequence[str]) -> dict[str, Path]:
+        """The stored files of instances, by public ID (one query per ``LOOKUP_BATCH``, where
+        ``open_instance`` costs one each); those no longer stored are left out."""
+        files: dict[str, Path] = {}
+        for start in range(0, len(public_ids), LOOKUP_BATCH):
+            batch = public_ids[start:start + LOOKUP_BATCH]
+            rows = tuples(Instance.select(Instance.public_id, Instance.file)
+                          .where(Instance.public_id.in_(batch)))
+            files.update((public_id, self.area.path(name)) for public_id, name in rows)
+        return files
 
     def read_instance(self, public_id: str, defer_size: int | None = None) -> Dataset | None:
         """A stored instance as a dataset (values above ``defer_size`` bytes read only when

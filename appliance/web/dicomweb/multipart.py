@@ -4,16 +4,21 @@ written to files as they arrive, parts of a response are read from files as they
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import uuid
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import HeaderParser
+from itertools import accumulate
 from pathlib import Path
+from typing import TypeVar
 
 CHUNK = 1 << 20  # bytes read at a time: fewer, larger scans for the boundary
 MAX_HEADERS = 16 * 1024
+T = TypeVar("T")
 HEAD = 64 * 1024  # bytes of each part kept in memory (its UIDs, should it be refused)
 
 
@@ -152,6 +157,63 @@ class Splitter:
         self.pos = at + len(separator)
 
 
+class JoinedFile:
+    """A multipart body made of byte strings and stored files, read as one seekable file.
+
+    Returned as ``wsgi.file_wrapper``, waitress sends it from its network thread, in reads as
+    large as the socket's send buffer, with a Content-Length: the stored bytes are copied once
+    from the page cache and once into the socket, where an iterable is copied through waitress's
+    response buffers (and its temporary file above ``outbuf_overflow``) and chunked. A file
+    removed before it is read is an ``OSError``: waitress closes the connection."""
+
+    def __init__(self, pieces: Iterable[bytes | tuple[Path, int]]) -> None:
+        self.pieces = list(pieces)
+        sizes = (len(p) if isinstance(p, bytes) else p[1] for p in self.pieces)
+        self.starts = list(accumulate(sizes, initial=0))
+        self.size = self.starts.pop()
+        self.pos = 0
+        self.opened: tuple[int, int] | None = None  # (piece, descriptor): one file at a time
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = min(max(base + offset, 0), self.size)
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        end = self.size if size < 0 else min(self.size, self.pos + size)
+        out = []
+        while self.pos < end:
+            index = bisect_right(self.starts, self.pos) - 1
+            piece, offset = self.pieces[index], self.pos - self.starts[index]
+            if isinstance(piece, bytes):
+                data = piece[offset:offset + end - self.pos]
+            else:
+                data = os.pread(self._descriptor(index, piece[0]),
+                                min(end - self.pos, piece[1] - offset), offset)
+                if not data:
+                    raise OSError(f"{piece[0]} is shorter than when the answer began")
+            out.append(data)
+            self.pos += len(data)
+        return b"".join(out)
+
+    def _descriptor(self, index: int, path: Path) -> int:
+        if self.opened is None or self.opened[0] != index:
+            self.close()
+            self.opened = (index, os.open(path, os.O_RDONLY))
+        return self.opened[1]
+
+    def close(self) -> None:
+        if self.opened is not None:
+            os.close(self.opened[1])
+            self.opened = None
+
+
 def new_boundary() -> str:
     return uuid.uuid4().hex
 
@@ -160,13 +222,23 @@ def related_type(media: str, boundary: str) -> str:
     return f'multipart/related; type="{media}"; boundary={boundary}'
 
 
-def join(parts: Iterable[tuple[str, Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
-    """The body of a multipart/related response: each part's media type and chunks."""
-    for media, chunks in parts:
+def framed(parts: Iterable[tuple[str, T]], boundary: str) -> Iterator[bytes | T]:
+    """A multipart/related body in order: each part's delimiter and media type, its content,
+    its line end; then the closing delimiter."""
+    for media, content in parts:
         yield f"--{boundary}\r\nContent-Type: {media}\r\n\r\n".encode()
-        yield from chunks
+        yield content
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
+
+
+def join(parts: Iterable[tuple[str, Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
+    """The body of a multipart/related response: each part's media type and chunks."""
+    for piece in framed(parts, boundary):
+        if isinstance(piece, bytes):
+            yield piece
+        else:
+            yield from piece
 
 
 def accepts(accept: str, media: str) -> dict[str, str] | None:
