@@ -186,21 +186,22 @@ class JoinedFile:
         return self.pos
 
     def read(self, size: int = -1) -> bytes:
-        end = self.size if size < 0 else min(self.size, self.pos + size)
-        out = []
-        while self.pos < end:
-            index = bisect_right(self.starts, self.pos) - 1
-            piece, offset = self.pieces[index], self.pos - self.starts[index]
-            if isinstance(piece, bytes):
-                data = piece[offset:offset + end - self.pos]
-            else:
-                data = os.pread(self._descriptor(index, piece[0]),
-                                min(end - self.pos, piece[1] - offset), offset)
-                if not data:
-                    raise OSError(f"{piece[0]} is shorter than when the answer began")
-            out.append(data)
-            self.pos += len(data)
-        return b"".join(out)
+        """At most ``size`` bytes, from one piece only (a short read: joining pieces would copy
+        them once more); b"" at the end."""
+        if self.pos >= self.size or size == 0:
+            return b""
+        index = bisect_right(self.starts, self.pos) - 1
+        piece, offset = self.pieces[index], self.pos - self.starts[index]
+        length = len(piece) if isinstance(piece, bytes) else piece[1]
+        wanted = length - offset if size < 0 else min(size, length - offset)
+        if isinstance(piece, bytes):
+            data = piece[offset:offset + wanted]
+        else:
+            data = os.pread(self._descriptor(index, piece[0]), wanted, offset)
+            if not data:
+                raise OSError(f"{piece[0]} is shorter than when the answer began")
+        self.pos += len(data)
+        return data
 
     def _descriptor(self, index: int, path: Path) -> int:
         if self.opened is None or self.opened[0] != index:
