@@ -29,6 +29,9 @@ from waitress.parser import HTTPRequestParser
 
 PIPE_BYTES = 4 << 20  # held per upload at most (plus one socket read)
 
+MAX_LINE = 8192  # a chunk size line (with extensions) or a trailer field
+HEX_DIGITS = b"0123456789abcdefABCDEF"
+
 Streamed = Callable[[str, str], bool]  # (method, path): is this request's body streamed?
 
 
@@ -103,6 +106,72 @@ class BodyPipe:
         return chunk
 
 
+class Dechunker:
+    """The chunked transfer coding (RFC 9112 7.1) undone where the data lies, into a pipe.
+    waitress's own receiver re-slices the rest of its input at every chunk boundary: with
+    large reads those copies cost more than storing the upload."""
+
+    completed = False
+    error: str | None = None
+
+    def __init__(self, pipe: BodyPipe) -> None:
+        self.pipe = pipe
+        self.left = 0  # bytes of the current chunk's data still to come
+        self.line = b""  # the start of a size or trailer line
+        self.line_end = b""  # what is still expected of the CRLF after a chunk's data
+        self.last = False  # the zero-size chunk came: trailer lines follow
+
+    def getfile(self) -> BodyPipe:  # waitress asks its receivers for the body so
+        return self.pipe
+
+    def getbuf(self) -> BodyPipe:
+        return self.pipe
+
+    def received(self, data: bytes) -> int:
+        """Take what belongs to the body; the number of bytes taken."""
+        pos, end = 0, len(data)
+        while pos < end and not self.completed and self.error is None:
+            if self.left:
+                take = min(self.left, end - pos)
+                self.pipe.append(data[pos:pos + take])
+                pos += take
+                self.left -= take
+                self.line_end = b"" if self.left else b"\r\n"
+            elif self.line_end:
+                if data[pos] != self.line_end[0]:
+                    self.error = "a chunk is longer than its size says"
+                self.line_end = self.line_end[1:]
+                pos += 1
+            else:
+                pos = self._line(data, pos)
+        return pos
+
+    def _line(self, data: bytes, pos: int) -> int:
+        at = data.find(b"\n", pos)
+        line = self.line + data[pos:at + 1 if at >= 0 else len(data)]
+        if len(line) > MAX_LINE:
+            self.error = "a chunk size or trailer line is too long"
+        elif at < 0:
+            self.line = line
+        else:
+            self.line = b""
+            self._read_line(line)
+        return len(data) if at < 0 else at + 1
+
+    def _read_line(self, line: bytes) -> None:
+        if not line.endswith(b"\r\n"):
+            self.error = "a line does not end with CRLF"
+        elif self.last:
+            self.completed = line == b"\r\n"  # other trailer fields are ignored
+        else:
+            size = line[:-2].split(b";")[0].strip()
+            if not size or size.strip(HEX_DIGITS):
+                self.error = f"bad chunk size {size[:20]!r}"
+            else:
+                self.left = int(size, 16)
+                self.last = not self.left
+
+
 class StreamingParser(HTTPRequestParser):  # type: ignore[misc]
     """waitress's parser, which declares a streamed request complete with its headers."""
 
@@ -136,7 +205,10 @@ class StreamingChannel(HTTPChannel):  # type: ignore[misc]
     def stream_body(self, request: StreamingParser, data: bytes) -> int:
         """Put a pipe under the request's body receiver; feed it what came with the headers."""
         pipe = BodyPipe(self.server.pull_trigger, self.adj.channel_timeout)
-        request.body_rcv.buf = pipe
+        if request.chunked:
+            request.body_rcv = Dechunker(pipe)
+        else:
+            request.body_rcv.buf = pipe
         self.body = (request.body_rcv, pipe)
         return self._feed(data) if data else 0
 
@@ -146,7 +218,7 @@ class StreamingChannel(HTTPChannel):  # type: ignore[misc]
         receiver, pipe = self.body
         consumed = int(receiver.received(data))
         if receiver.error is not None:
-            self._break(pipe, bottle.HTTPError(400, f"malformed body: {receiver.error.body}"))
+            self._break(pipe, bottle.HTTPError(400, f"malformed chunked body: {receiver.error}"))
         elif pipe.total >= self.adj.max_request_body_size:
             self._break(pipe, bottle.HTTPError(
                 413, f"the body is over the limit of {self.adj.max_request_body_size} bytes"))

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import logging
-import os
-import tempfile
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +28,9 @@ from .common import base_url, dicom_json
 from .multipart import Malformed, Part, Splitter, media_params
 
 log = logging.getLogger("appliance.web")
+
+SPOOL_PREFIX = f"stow-{uuid.uuid4().hex[:12]}-"  # this process's part files in tmp
+_spooled = itertools.count()
 
 PROCESSING_FAILURE = 0x0110  # PS3.18 Table 10.5.3-3 (and PS3.4 status codes)
 CANNOT_UNDERSTAND = 0xC000
@@ -183,17 +186,16 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def _store_typed(store: Store, part: Part, study: str | None, came: Origin) -> Outcome:
-    # text/plain: no Content-Type given
-    if part.headers.get_content_type() not in ("application/dicom", "text/plain"):
+    if part.media not in ("application/dicom", "text/plain"):  # text/plain: no Content-Type
         part.path.unlink(missing_ok=True)
         return Outcome("", "", "", "", CANNOT_UNDERSTAND)
     return store_part(store, part, study, came)
 
 
 def _new_file(store: Store) -> Path:
-    fd, name = tempfile.mkstemp(dir=store.area.tmp, prefix="stow-")
-    os.close(fd)
-    return Path(name)
+    """A new name in ``tmp`` (the part file is created exclusively: a name left by an earlier
+    process is an error, not overwritten)."""
+    return store.area.tmp / f"{SPOOL_PREFIX}{next(_spooled)}"
 
 
 def _discard(parts: list[Part]) -> None:
