@@ -41,6 +41,7 @@ class BodyPipe:
 
     def __init__(self, wake: Callable[[], None], timeout: float) -> None:
         self.chunks: deque[bytes] = deque()
+        self.offset = 0  # of the first chunk, read already
         self.held = 0  # bytes appended, not yet read
         self.total = 0  # bytes appended (waitress's receivers ask len())
         self.cond = threading.Condition()
@@ -80,7 +81,7 @@ class BodyPipe:
         with self.cond:
             self.abandoned = True
             self.chunks.clear()
-            self.held = 0
+            self.held = self.offset = 0
         self.wake()
 
     def read(self, size: int = -1) -> bytes:
@@ -96,14 +97,16 @@ class BodyPipe:
             if not self.chunks:
                 return b""
             was_full = self.full
-            chunk = self.chunks.popleft()
-            if size < len(chunk):
-                self.chunks.appendleft(chunk[size:])
-                chunk = chunk[:size]
-            self.held -= len(chunk)
+            chunk = self.chunks[0]
+            piece = chunk[self.offset:self.offset + size]  # the whole chunk: not a copy
+            self.offset += len(piece)
+            if self.offset == len(chunk):
+                self.chunks.popleft()
+                self.offset = 0
+            self.held -= len(piece)
         if was_full and not self.full:
             self.wake()
-        return chunk
+        return piece
 
 
 class Dechunker:
