@@ -1,5 +1,6 @@
 """``multipart/related`` (RFC 2387) both ways, in bounded memory: parts of a request are
-written to files as they arrive, parts of a response are read from files as they are sent."""
+written to files as they arrive (each byte copied once, hashed on the way), parts of a response
+are read from files as they are sent (stored files joined into one file that waitress sends)."""
 
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ class Splitter:
         return chunk
 
     def _extend(self) -> None:
-        """More input after what is left (a copy: for the few bytes around a boundary)."""
+        """More input after what is left, in one buffer (a copy: only where a delimiter or a
+        part's headers straddle two reads)."""
         self.buf = self.buf[self.pos:] + self._chunk()
         self.pos = 0
 

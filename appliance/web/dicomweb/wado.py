@@ -52,23 +52,21 @@ def _wanted_syntax(instances: list[StoredInstance]) -> str:
 
 def retrieve(store: Store, instances: list[StoredInstance]) -> Iterator[bytes] | JoinedFile:
     """Each instance as stored, or converted to Explicit VR Little Endian when asked (the
-    default). The first conversion happens before the answer starts, so that an instance that
-    cannot be converted is a 406; a later one that cannot is sent as stored, its part saying
-    in which syntax."""
+    default); with nothing to convert, the stored files as one joined file. The first
+    conversion happens before the answer starts, so that an instance that cannot be converted
+    is a 406; a later one that cannot is sent as stored, its part saying in which syntax."""
     wanted = _wanted_syntax(instances)
     convert = [wanted == EXPLICIT_LE and i.transfer_syntax != EXPLICIT_LE for i in instances]
     if not any(convert):
         return _as_stored(store, instances)
-    first = None
-    if any(convert):
-        at = convert.index(True)
-        try:
-            first = (at, store.open_explicit_le(instances[at].public_id))
-        except Undecodable as exc:
-            fail(406, f"cannot convert to {EXPLICIT_LE} (ask for transfer-syntax=*): {exc}")
+    at = convert.index(True)
+    try:
+        first = (at, store.open_explicit_le(instances[at].public_id))
+    except Undecodable as exc:
+        fail(406, f"cannot convert to {EXPLICIT_LE} (ask for transfer-syntax=*): {exc}")
     boundary = new_boundary()
     bottle.response.content_type = related_type("application/dicom", boundary)
-    parts = (_part(store, i, convert[n], first[1] if first and first[0] == n else None)
+    parts = (_part(store, i, convert[n], first[1] if first[0] == n else None)
              for n, i in enumerate(instances))
     return join(parts, boundary)
 
