@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -119,6 +120,7 @@ def main() -> int:
     data = bench.generate(bench.set_specs(args.quick)["small"])
     root = Path(tempfile.mkdtemp(prefix="bench-web-"))
     results = {}
+    load = {"start": os.getloadavg()}  # other work on the machine moves the rates
     try:
         for name, make in servers().items():
             print(f"{name}: C-STORE, STOW-RS and WADO-RS of {data.files} instances ...",
@@ -126,8 +128,9 @@ def main() -> int:
             results[name] = measure(make, data, args.batch, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    load["end"] = os.getloadavg()
     print(json.dumps({"set": data.name, "files": data.files, "bytes": data.bytes,
-                      "batch": args.batch, "results": results}, indent=2))
+                      "batch": args.batch, "load_average": load, "results": results}, indent=2))
     ours = results["appliance"]
     print(f"appliance STOW-RS / C-STORE: {ours['stow_rs_per_s'] / ours['c_store_per_s']:.2f}")
     if "orthanc" in results:
