@@ -83,18 +83,41 @@ def test_uploads_over_the_limit_are_refused_and_store_nothing(appliance_factory:
     assert list((app.data / "tmp").iterdir()) == []
 
 
+def start_upload(app: ApplianceProcess, part: bytes) -> socket.socket:
+    """A chunked STOW-RS request whose body stops in the middle of its only part."""
+    head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {app.session.headers['Authorization']}\r\n"
+            f"Content-Type: {HEADERS['Content-Type']}\r\nTransfer-Encoding: chunked\r\n\r\n")
+    piece = b"".join(body([part]))[:len(part) // 2]
+    sock = socket.create_connection(("127.0.0.1", app.http_port))
+    sock.sendall(head.encode() + b"%x\r\n" % len(piece) + piece + b"\r\n")
+    return sock
+
+
 def test_client_gone_mid_upload_leaves_nothing(appliance: ApplianceProcess,
                                                tmp_path: Path) -> None:
     part = make_series(tmp_path / "s", 1, size=512)[0].read_bytes()
-    head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: {appliance.session.headers['Authorization']}\r\n"
-            f"Content-Type: {HEADERS['Content-Type']}\r\nTransfer-Encoding: chunked\r\n\r\n")
-    piece = b"".join(body([part]))[:300_000]
-    with socket.create_connection(("127.0.0.1", appliance.http_port)) as sock:
-        sock.sendall(head.encode() + b"%x\r\n" % len(piece) + piece + b"\r\n")
+    with start_upload(appliance, part):
         wait_until(lambda: any((appliance.data / "tmp").iterdir()))  # the part is being written
     wait_until(lambda: not any((appliance.data / "tmp").iterdir()))
     assert appliance.statistics()["CountInstances"] == 0
+
+
+def test_stalled_uploads_leave_the_server_answering(appliance: ApplianceProcess,
+                                                    tmp_path: Path) -> None:
+    """Uploads that stall hold a thread each, up to a limit: other requests are served, and
+    the uploads beyond it are received whole before their view starts, as waitress does."""
+    files = [p.read_bytes() for p in make_series(tmp_path / "s", 3, size=512)]
+    stalled = [start_upload(appliance, files[0]) for _ in range(6)]
+    try:
+        wait_until(lambda: len(list((appliance.data / "tmp").iterdir())) == 4)  # the limit
+        assert appliance.session.get(f"{appliance.url}/statistics", timeout=30).ok
+        assert stow(appliance, body(files)).status_code == 200
+        assert appliance.statistics()["CountInstances"] == 3
+    finally:
+        for sock in stalled:
+            sock.close()
+    wait_until(lambda: not any((appliance.data / "tmp").iterdir()))
 
 
 def test_connection_serves_requests_after_streamed_ones(appliance: ApplianceProcess,

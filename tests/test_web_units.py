@@ -60,7 +60,7 @@ def test_separator_across_reads(tmp_path: Path) -> None:
 
 def test_joined_file_reads_as_its_pieces(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"0123456789")
-    pieces = [b"head", (tmp_path / "a", 10), b"", b"tail"]
+    pieces: list[bytes | tuple[Path, int]] = [b"head", (tmp_path / "a", 10), b"", b"tail"]
     whole = b"head0123456789tail"
     joined = JoinedFile(pieces)
     assert joined.seek(0, os.SEEK_END) == len(whole)
@@ -77,7 +77,7 @@ def test_joined_file_reads_as_its_pieces(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", [1, 2, 5, 1 << 16])
 def test_dechunker(size: int) -> None:
-    pipe = BodyPipe(lambda: None, 1)
+    pipe = BodyPipe(lambda: None, 1, lambda: None)
     body = b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT"
     dechunker, taken = Dechunker(pipe), 0
     while not dechunker.completed:
@@ -85,7 +85,7 @@ def test_dechunker(size: int) -> None:
     assert body[taken:] == b"NEXT" and dechunker.error is None
     assert b"".join(pipe.chunks) == b"hello0123456789"
     for bad in (b"5\r\nhello!!\r\n", b"z\r\n", b"5\nhello"):
-        broken = Dechunker(BodyPipe(lambda: None, 1))
+        broken = Dechunker(BodyPipe(lambda: None, 1, lambda: None))
         broken.received(bad)
         assert broken.error, bad
 

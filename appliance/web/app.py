@@ -30,6 +30,7 @@ def json_error(error: bottle.HTTPError) -> str:
 
 ERROR_CODES = (400, 401, 403, 404, 405, 406, 408, 409, 413, 415, 429, 500, 503, 507)
 UPLOADS = re.compile(rf"/instances|{PREFIX}/studies(/[^/]+)?")
+UPLOAD_STREAMS = 4  # upload bodies streamed at once, each with a worker thread of its own
 Installer = Callable[[bottle.Bottle], None]
 
 
@@ -65,7 +66,7 @@ class HttpServer:
             self.app,
             host=config.http.host,
             port=config.http.port,
-            threads=config.http.threads,
+            threads=config.http.threads + UPLOAD_STREAMS,
             ident="appliance",
             clear_untrusted_proxy_headers=True,
             # waitress refuses (413) bodies over this before the views see them
@@ -76,7 +77,7 @@ class HttpServer:
             # uploads come in large reads: each read is a turn of the network thread's loop
             recv_bytes=1 << 20,
         )
-        self.server.channel_class = streaming.channel_class(is_upload)
+        self.server.channel_class = streaming.channel_class(is_upload, UPLOAD_STREAMS)
 
     @property
     def port(self) -> int:

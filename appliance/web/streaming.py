@@ -3,11 +3,16 @@
 waitress receives a whole request body (to a temporary file above ``inbuf_overflow``) before
 the application sees a byte of it. An upload (STOW-RS, ``POST /instances``) was then written
 twice to the disk it is stored on -- waitress's copy, the view's spool files -- and read back
-once more, and its first instance could not be stored before its last byte had arrived. For the
-requests ``streamed`` names, this channel starts the view as soon as the headers are in and
-feeds it the body, de-chunked by waitress's own receivers, through a ``BodyPipe``: while the
-pipe holds ``PIPE_BYTES`` the network thread stops reading the socket (TCP flow control holds
-the client back), so memory stays bounded whatever the body's size.
+once more, and the view could not start before the last byte had arrived. For the requests
+``streamed`` names, this channel starts the view as soon as the headers are in and feeds it
+the body (a length-delimited one through waitress's receiver, a chunked one through our
+``Dechunker``) through a ``BodyPipe``: while the pipe holds ``PIPE_BYTES`` the network thread
+stops reading the socket (TCP flow control holds the client back), so memory stays bounded
+whatever the body's size.
+
+A streamed body holds a worker thread while its client sends it (a slow client, a long
+time): at most a fixed number are streamed at once, and the server has that many threads more
+than ``http.threads``, so other requests keep theirs.
 
 A view that answers before the end of the body (401, 413, ...) leaves the rest to be read and
 dropped, so the client gets its answer; a body that breaks its framing (bad chunks, over
@@ -39,7 +44,8 @@ class BodyPipe:
     """A request body between waitress's network thread, which appends to it as to the buffer
     its body receivers write, and the view's thread, which reads it as ``wsgi.input``."""
 
-    def __init__(self, wake: Callable[[], None], timeout: float) -> None:
+    def __init__(self, wake: Callable[[], None], timeout: float,
+                 release: Callable[[], None]) -> None:
         self.chunks: deque[bytes] = deque()
         self.offset = 0  # of the first chunk, read already
         self.held = 0  # bytes appended, not yet read
@@ -51,6 +57,7 @@ class BodyPipe:
         self.broken = False  # the framing is lost: the connection must close
         self.wake = wake  # makes the network thread look at ``full`` again
         self.timeout = timeout
+        self.release = release  # gives the stream's slot back
 
     def __len__(self) -> int:
         return self.total
@@ -79,9 +86,11 @@ class BodyPipe:
     def close(self) -> None:
         """waitress closes the request's body once the view has answered."""
         with self.cond:
-            self.abandoned = True
+            released, self.abandoned = self.abandoned, True
             self.chunks.clear()
             self.held = self.offset = 0
+        if not released:
+            self.release()
         self.wake()
 
     def read(self, size: int = -1) -> bytes:
@@ -189,7 +198,8 @@ class StreamingParser(HTTPRequestParser):  # type: ignore[misc]
             return int(super().received(data))
         consumed = int(super().received(data))
         if (self.headers_finished and not self.completed and self.body_rcv is not None
-                and self.channel.streamed(self.command, self.path)):
+                and self.channel.streamed(self.command, self.path)
+                and self.channel.streams.acquire(blocking=False)):
             self.completed = True  # the channel starts the task, then feeds it the body
             consumed += self.channel.stream_body(self, data[consumed:])
         return consumed
@@ -199,15 +209,16 @@ class StreamingChannel(HTTPChannel):  # type: ignore[misc]
     """waitress's channel, which feeds the bodies of ``streamed`` requests to their task."""
 
     def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None, *,
-                 streamed: Streamed) -> None:
+                 streamed: Streamed, streams: threading.Semaphore) -> None:
         self.streamed = streamed
+        self.streams = streams  # one taken per body being streamed, over every channel
         self.body: tuple[Any, BodyPipe] | None = None  # (waitress's receiver, its pipe)
         super().__init__(server, sock, addr, adj, map)
         self.parser_class = partial(StreamingParser, channel=self)
 
     def stream_body(self, request: StreamingParser, data: bytes) -> int:
         """Put a pipe under the request's body receiver; feed it what came with the headers."""
-        pipe = BodyPipe(self.server.pull_trigger, self.adj.channel_timeout)
+        pipe = BodyPipe(self.server.pull_trigger, self.adj.channel_timeout, self.streams.release)
         if request.chunked:
             request.body_rcv = Dechunker(pipe)
         else:
@@ -275,6 +286,8 @@ class StreamingChannel(HTTPChannel):  # type: ignore[misc]
         super().handle_close()
 
 
-def channel_class(streamed: Streamed) -> Callable[..., StreamingChannel]:
-    """What waitress's server makes its channels with (``server.channel_class``)."""
-    return partial(StreamingChannel, streamed=streamed)
+def channel_class(streamed: Streamed, streams: int) -> Callable[..., StreamingChannel]:
+    """What waitress's server makes its channels with (``server.channel_class``): at most
+    ``streams`` bodies streamed at once (each holds a worker thread while its client sends it);
+    the next ones are received whole first, as waitress does."""
+    return partial(StreamingChannel, streamed=streamed, streams=threading.Semaphore(streams))
