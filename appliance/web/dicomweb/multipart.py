@@ -174,7 +174,12 @@ class JoinedFile:
     removed before it is read is an ``OSError``: waitress closes the connection."""
 
     def __init__(self, pieces: Iterable[bytes | tuple[Path, int]]) -> None:
-        self.pieces = list(pieces)
+        self.pieces: list[bytes | tuple[Path, int]] = []
+        for piece in pieces:  # a part's end and the next one's start go out in one send
+            if isinstance(piece, bytes) and self.pieces and isinstance(self.pieces[-1], bytes):
+                self.pieces[-1] += piece
+            else:
+                self.pieces.append(piece)
         sizes = (len(p) if isinstance(p, bytes) else p[1] for p in self.pieces)
         self.starts = list(accumulate(sizes, initial=0))
         self.size = self.starts.pop()
