@@ -32,7 +32,7 @@ from .index import resources
 from .index.db import Unflushed, Writer, open_database
 from .index.delete import delete_instances, emptied
 from .index.ingest import FileInfo, Origin, Queued, Recorded, forget_parents, record_instance
-from .index.models import Instance
+from .index.models import Instance, tuples
 from .index.quota import set_protected
 from .index.tags import BadInstance, InstanceTags, read_instance_tags
 from .routing.rules import Planned, Rules
@@ -40,6 +40,8 @@ from .storage.area import StorageArea, md5_file
 from .storage.governor import Governor
 
 log = logging.getLogger(__name__)
+
+LOOKUP_BATCH = 500  # IDs per query (SQLite allows 32,766 parameters, older builds 999)
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,19 @@ class Store:
         """Make the received file ``tmp_path`` a durable, indexed instance (or raise
         ``BadInstance``), queued for the destinations its routes name. The file is consumed
         either way."""
+        return self.receive_tagged(tmp_path, origin, expected)[0]
+
+    def receive_tagged(self, tmp_path: Path, origin: Origin, expected: Expected | None = None,
+                       md5: str | None = None) -> tuple[Recorded, InstanceTags]:
+        """``receive``, also giving the tags read from the file (for answers that name the
+        instance's UIDs without asking the index). ``md5``: the file's digest, when the caller
+        hashed it while writing it (the file is then not read again for it)."""
         try:
             tags = read_instance_tags(tmp_path)
             if expected is not None:
                 check_expected(tags, expected)
             self.admission(tags, origin, tmp_path)
-            info = FileInfo("", tmp_path.stat().st_size, md5_file(tmp_path))
+            info = FileInfo("", tmp_path.stat().st_size, md5 or md5_file(tmp_path))
             planned = self.rules.match(tags, origin, tmp_path)
             reserved = self.governor.admit(info.size, tags)
         except BaseException:
@@ -112,7 +121,7 @@ class Store:
         if now and recorded.outcome != "kept-first":
             self.on_queued(now)
         self.on_stored(recorded, tags, origin)
-        return recorded
+        return recorded, tags
 
     def _store_file(self, tmp_path: Path, tags: InstanceTags, info: FileInfo, origin: Origin,
                     planned: list[Planned]) -> Recorded:
@@ -180,6 +189,17 @@ class Store:
         """The stored bytes of an instance, or None if there is no such instance."""
         row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
         return open(self.area.path(row.file), "rb") if row else None
+
+    def instance_files(self, public_ids: Sequence[str]) -> dict[str, Path]:
+        """The stored files of instances, by public ID (one query per ``LOOKUP_BATCH``, where
+        ``open_instance`` costs one each); those no longer stored are left out."""
+        files: dict[str, Path] = {}
+        for start in range(0, len(public_ids), LOOKUP_BATCH):
+            batch = public_ids[start:start + LOOKUP_BATCH]
+            rows = tuples(Instance.select(Instance.public_id, Instance.file)
+                          .where(Instance.public_id.in_(batch)))
+            files.update((public_id, self.area.path(name)) for public_id, name in rows)
+        return files
 
     def read_instance(self, public_id: str, defer_size: int | None = None) -> Dataset | None:
         """A stored instance as a dataset (values above ``defer_size`` bytes read only when

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
 from appliance.dicom import orthanc_json
-from appliance.web.dicomweb.multipart import Malformed, Splitter, accepts, join
+from appliance.web.dicomweb.multipart import JoinedFile, Malformed, Splitter, accepts, join
+from appliance.web.streaming import BodyPipe, Dechunker
 
 from .conftest import pydicom_file
 
@@ -28,25 +32,77 @@ def reader(data: bytes, size: int) -> io.BytesIO:
 @pytest.mark.parametrize("size", [1, 3, 7, 1 << 16])
 def test_parts_survive_any_chunking(tmp_path: Path, size: int) -> None:
     counter = itertools.count()
-    splitter = Splitter("b0undary", lambda: tmp_path / f"{size}-{next(counter)}")
-    parts = splitter.split(reader(BODY, size).read)
-    assert [h.get_content_type() for h, _ in parts] == ["application/dicom", "text/plain"]
-    assert [p.read_bytes() for _, p in parts] == [b"first\r\n--b0und", b""]
+    splitter = Splitter("b0undary", reader(BODY, size).read,
+                        lambda: tmp_path / f"{size}-{next(counter)}")
+    parts = list(splitter.parts())
+    assert [p.media for p in parts] == ["application/dicom", "text/plain"]
+    assert [p.path.read_bytes() for p in parts] == [b"first\r\n--b0und", b""]
+    assert [p.md5 for p in parts] == [hashlib.md5(b"first\r\n--b0und").hexdigest(),
+                                      hashlib.md5(b"").hexdigest()]
+    assert parts[0].head == b"first\r\n--b0und"
+
+
+def uneven(data: bytes, first: int, rest: int) -> Callable[[int], bytes]:
+    """A read function that returns ``first`` bytes, then ``rest`` at a time."""
+    stream, sizes = io.BytesIO(data), itertools.chain([first], itertools.repeat(rest))
+    return lambda n: stream.read(min(n, next(sizes)))
+
+
+def test_separator_across_reads(tmp_path: Path) -> None:
+    """A separator cut anywhere between two reads, the second long or short."""
+    body = b"--b\r\n\r\n" + b"x" * 50 + b"\r\n--b\r\n\r\ny\r\n--b--"
+    names = (tmp_path / str(n) for n in itertools.count())
+    for cut in range(1, len(body)):
+        for rest in (1, 4, 1 << 16):
+            parts = Splitter("b", uneven(body, cut, rest), lambda: next(names)).parts()
+            assert [p.path.read_bytes() for p in parts] == [b"x" * 50, b"y"], (cut, rest)
+
+
+def test_joined_file_reads_as_its_pieces(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"0123456789")
+    pieces: list[bytes | tuple[Path, int]] = [b"head", (tmp_path / "a", 10), b"", b"tail"]
+    whole = b"head0123456789tail"
+    joined = JoinedFile(pieces)
+    assert joined.seek(0, os.SEEK_END) == len(whole)
+    for start in range(len(whole)):
+        for size in (1, 3, 100):
+            joined.seek(start)
+            got = b""
+            while chunk := joined.read(size):
+                assert len(chunk) <= size
+                got += chunk
+            assert got == whole[start:], (start, size)
+    joined.close()
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1 << 16])
+def test_dechunker(size: int) -> None:
+    pipe = BodyPipe(lambda: None, 1, lambda: None)
+    body = b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT"
+    dechunker, taken = Dechunker(pipe), 0
+    while not dechunker.completed:
+        taken += dechunker.received(body[taken:taken + size])
+    assert body[taken:] == b"NEXT" and dechunker.error is None
+    assert b"".join(pipe.chunks) == b"hello0123456789"
+    for bad in (b"5\r\nhello!!\r\n", b"z\r\n", b"5\nhello"):
+        broken = Dechunker(BodyPipe(lambda: None, 1, lambda: None))
+        broken.received(bad)
+        assert broken.error, bad
 
 
 def test_join_is_split_back(tmp_path: Path) -> None:
     body = b"".join(join([("application/dicom", [b"ab", b"c"]), ("application/dicom", [b""])],
                          "xyz"))
     counter = itertools.count()
-    parts = Splitter("xyz", lambda: tmp_path / str(next(counter))).split(io.BytesIO(body).read)
-    assert [p.read_bytes() for _, p in parts] == [b"abc", b""]
+    parts = Splitter("xyz", io.BytesIO(body).read, lambda: tmp_path / str(next(counter))).parts()
+    assert [p.path.read_bytes() for p in parts] == [b"abc", b""]
 
 
 def test_truncated_body_is_malformed(tmp_path: Path) -> None:
-    splitter = Splitter("b0undary", lambda: tmp_path / "part")
+    parts = Splitter("b0undary", io.BytesIO(BODY[:60]).read, lambda: tmp_path / "part").parts()
     with pytest.raises(Malformed):
-        splitter.split(io.BytesIO(BODY[:60]).read)
-    assert len(splitter.parts) == 1, "files made are listed, for the caller to remove"
+        list(parts)
+    assert list(tmp_path.iterdir()) == [], "the part cut short is removed"
 
 
 def test_accept_headers() -> None:

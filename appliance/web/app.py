@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,8 +13,9 @@ from waitress.server import create_server
 
 from ..config import Config
 from ..store import Store
-from . import dicomweb, openapi
+from . import dicomweb, openapi, streaming
 from .api import content, resources, system, tools, upload
+from .dicomweb.common import PREFIX
 
 log = logging.getLogger("appliance.web")
 
@@ -26,7 +28,9 @@ def json_error(error: bottle.HTTPError) -> str:
     )
 
 
-ERROR_CODES = (400, 401, 403, 404, 405, 406, 409, 413, 415, 429, 500, 503, 507)
+ERROR_CODES = (400, 401, 403, 404, 405, 406, 408, 409, 413, 415, 429, 500, 503, 507)
+UPLOADS = re.compile(rf"/instances|{PREFIX}/studies(/[^/]+)?")
+UPLOAD_STREAMS = 4  # upload bodies streamed at once, each with a worker thread of its own
 Installer = Callable[[bottle.Bottle], None]
 
 
@@ -49,6 +53,11 @@ def create_app(config: Config, store: Store, installers: Sequence[Installer] = (
     return app
 
 
+def is_upload(method: str, path: str) -> bool:
+    """The requests whose views read the body as it arrives (``POST /instances``, STOW-RS)."""
+    return method == "POST" and UPLOADS.fullmatch(path) is not None
+
+
 class HttpServer:
     def __init__(self, config: Config, store: Store, installers: Sequence[Installer] = ()
                  ) -> None:
@@ -57,7 +66,7 @@ class HttpServer:
             self.app,
             host=config.http.host,
             port=config.http.port,
-            threads=config.http.threads,
+            threads=config.http.threads + UPLOAD_STREAMS,
             ident="appliance",
             clear_untrusted_proxy_headers=True,
             # waitress refuses (413) bodies over this before the views see them
@@ -65,7 +74,10 @@ class HttpServer:
             # a response is buffered in memory up to 8 MB before waitress spills it to a
             # temporary file: the default (1 MB) halves WADO-RS and archive download rates
             outbuf_overflow=8 << 20,
+            # uploads come in large reads: each read is a turn of the network thread's loop
+            recv_bytes=1 << 20,
         )
+        self.server.channel_class = streaming.channel_class(is_upload, UPLOAD_STREAMS)
 
     @property
     def port(self) -> int:

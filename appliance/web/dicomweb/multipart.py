@@ -1,18 +1,25 @@
 """``multipart/related`` (RFC 2387) both ways, in bounded memory: parts of a request are
-written to files as they arrive, parts of a response are read from files as they are sent."""
+written to files as they arrive (each byte copied once, hashed on the way), parts of a response
+are read from files as they are sent (stored files joined into one file that waitress sends)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import uuid
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from email.message import Message
-from email.parser import HeaderParser
+from itertools import accumulate
 from pathlib import Path
-from typing import BinaryIO
+from typing import TypeVar
 
 CHUNK = 1 << 20  # bytes read at a time: fewer, larger scans for the boundary
 MAX_HEADERS = 16 * 1024
+T = TypeVar("T")
+HEAD = 64 * 1024  # bytes of each part kept in memory (its UIDs, should it be refused)
 
 
 class Malformed(ValueError):
@@ -27,73 +34,197 @@ def media_params(content_type: str) -> tuple[str, dict[str, str]]:
     return message.get_content_type(), params
 
 
-class Splitter:
-    """Feeds a multipart body through; each part's body goes to a new file."""
+@dataclass
+class Part:
+    """One part of a request, its body written to ``path``."""
 
-    def __init__(self, boundary: str, new_file: Callable[[], Path]) -> None:
+    media: str  # its media type, without parameters (RFC 2045 5.2: text/plain if none)
+    path: Path
+    md5: str  # of the body, hashed as it was written (the store need not read it again)
+    head: bytes  # its first bytes, for a look at the header without opening the file
+
+
+class _PartFile:
+    """A part's body on its way to disk: written once, hashed and its head kept meanwhile."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "xb")
+        self.md5 = hashlib.md5()
+        self.head = bytearray()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if len(self.head) < HEAD:
+            self.head += data[:HEAD - len(self.head)]
+        self.file.write(data)
+        self.md5.update(data)
+
+
+class Splitter:
+    """Reads a multipart body from ``read`` and writes each part's body to a new file. The
+    input is scanned where it lies (a chunk is copied only when a part's headers straddle two),
+    so each byte of a part is copied once, into its file."""
+
+    def __init__(self, boundary: str, read: Callable[[int], bytes],
+                 new_file: Callable[[], Path]) -> None:
         self.delimiter = b"--" + boundary.encode("latin-1")
+        self.separator = b"\r\n" + self.delimiter
+        self.read = read
         self.new_file = new_file
         self.buf = b""
-        self.parts: list[tuple[Message, Path]] = []
+        self.pos = 0  # self.buf[self.pos:] is not consumed yet
 
-    def split(self, read: Callable[[int], bytes]) -> list[tuple[Message, Path]]:
-        """Every part, as (headers, file). Files already made stay listed if it raises."""
-        self._skip_preamble(read)
-        while self._more(read):
-            headers = self._headers(read)
+    def parts(self) -> Iterator[Part]:
+        """Each part once its file is whole (the caller owns the file from then on; a part
+        cut short by an error is removed)."""
+        self._skip_preamble()
+        while self._more():
+            media = self._media()
             path = self.new_file()
-            self.parts.append((headers, path))
-            with open(path, "wb") as out:
-                self._body(read, out)
-        return self.parts
+            try:
+                out = _PartFile(path)
+                with out.file:
+                    self._body(out)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            yield Part(media, path, out.md5.hexdigest(), bytes(out.head))
 
-    def _fill(self, read: Callable[[int], bytes]) -> None:
-        chunk = read(CHUNK)
+    def _chunk(self) -> bytes:
+        chunk = self.read(CHUNK)
         if not chunk:
             raise Malformed("the body ends before the closing boundary")
-        self.buf += chunk
+        return chunk
 
-    def _skip_preamble(self, read: Callable[[int], bytes]) -> None:
-        while (at := self.buf.find(self.delimiter)) < 0:
-            self.buf = self.buf[-len(self.delimiter):]
-            self._fill(read)
-        self.buf = self.buf[at + len(self.delimiter):]
+    def _extend(self) -> None:
+        """More input after what is left, in one buffer (a copy: only where a delimiter or a
+        part's headers straddle two reads)."""
+        self.buf = self.buf[self.pos:] + self._chunk()
+        self.pos = 0
 
-    def _more(self, read: Callable[[int], bytes]) -> bool:
+    def _skip_preamble(self) -> None:
+        while (at := self.buf.find(self.delimiter, self.pos)) < 0:
+            self.pos = max(self.pos, len(self.buf) - len(self.delimiter))
+            self._extend()
+        self.pos = at + len(self.delimiter)
+
+    def _more(self) -> bool:
         """After a delimiter: ``--`` closes the message, CRLF opens a part."""
-        while len(self.buf) < 2:
-            self._fill(read)
-        if self.buf.startswith(b"--"):
+        while len(self.buf) - self.pos < 2:
+            self._extend()
+        if self.buf.startswith(b"--", self.pos):
             return False
-        self.buf = self.buf.lstrip(b" \t")
-        while not self.buf.startswith(b"\r\n"):
-            if len(self.buf) >= 2:
+        while True:
+            window = self.buf[self.pos:self.pos + MAX_HEADERS]
+            rest = window.lstrip(b" \t")
+            if rest.startswith(b"\r\n"):
+                self.pos += len(window) - len(rest) + 2
+                return True
+            if len(rest) >= 2 or len(window) >= MAX_HEADERS:
                 raise Malformed("a boundary is not followed by a line end")
-            self._fill(read)
-        self.buf = self.buf[2:]
+            self._extend()
+
+    def _media(self) -> str:
+        """The media type of the part whose headers come next (parsed here: the email
+        package's parser cost as much as the rest of the split)."""
+        while len(self.buf) - self.pos < 2:
+            self._extend()
+        if self.buf.startswith(b"\r\n", self.pos):
+            self.pos += 2  # no headers at all
+            return "text/plain"
+        while (end := self.buf.find(b"\r\n\r\n", self.pos)) < 0:
+            if len(self.buf) - self.pos > MAX_HEADERS:
+                raise Malformed("a part's headers are too long")
+            self._extend()
+        lines = self.buf[self.pos:end].split(b"\r\n")
+        self.pos = end + 4
+        for line in lines:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-type":
+                return value.split(b";")[0].strip().lower().decode("latin-1")
+        return "text/plain"
+
+    def _body(self, out: _PartFile) -> None:
+        """Write up to the next separator; a separator may straddle two chunks."""
+        separator, reach = self.separator, len(self.separator) - 1
+        while (at := self.buf.find(separator, self.pos)) < 0:
+            keep = max(self.pos, len(self.buf) - reach)  # may start a separator
+            out.write(memoryview(self.buf)[self.pos:keep])
+            tail, chunk = self.buf[keep:], self._chunk()
+            if len(chunk) < reach:  # too short to tell: look again with more
+                self.buf, self.pos = tail + chunk, 0
+                continue
+            self.buf, self.pos = chunk, 0
+            straddling = (tail + chunk[:reach]).find(separator)
+            if 0 <= straddling < len(tail):
+                out.write(tail[:straddling])
+                self.pos = straddling + len(separator) - len(tail)
+                return
+            out.write(tail)
+        out.write(memoryview(self.buf)[self.pos:at])
+        self.pos = at + len(separator)
+
+
+class JoinedFile:
+    """A multipart body made of byte strings and stored files, read as one seekable file.
+
+    Returned as ``wsgi.file_wrapper``, waitress sends it from its network thread, in reads as
+    large as the socket's send buffer, with a Content-Length: the stored bytes are copied once
+    from the page cache and once into the socket, where an iterable is copied through waitress's
+    response buffers (and its temporary file above ``outbuf_overflow``) and chunked. A file
+    removed before it is read is an ``OSError``: waitress closes the connection."""
+
+    def __init__(self, pieces: Iterable[bytes | tuple[Path, int]]) -> None:
+        self.pieces: list[bytes | tuple[Path, int]] = []
+        for piece in pieces:  # a part's end and the next one's start go out in one send
+            if isinstance(piece, bytes) and self.pieces and isinstance(self.pieces[-1], bytes):
+                self.pieces[-1] += piece
+            else:
+                self.pieces.append(piece)
+        sizes = (len(p) if isinstance(p, bytes) else p[1] for p in self.pieces)
+        self.starts = list(accumulate(sizes, initial=0))
+        self.size = self.starts.pop()
+        self.pos = 0
+        self.opened: tuple[int, int] | None = None  # (piece, descriptor): one file at a time
+
+    def seekable(self) -> bool:
         return True
 
-    def _headers(self, read: Callable[[int], bytes]) -> Message:
-        while (end := self.buf.find(b"\r\n\r\n")) < 0 and not self.buf.startswith(b"\r\n"):
-            if len(self.buf) > MAX_HEADERS:
-                raise Malformed("a part's headers are too long")
-            self._fill(read)
-        if self.buf.startswith(b"\r\n"):
-            end = -2  # no headers at all
-        text = self.buf[:max(end, 0)].decode("latin-1")
-        self.buf = self.buf[end + 4:]
-        return HeaderParser().parsestr(text)
+    def tell(self) -> int:
+        return self.pos
 
-    def _body(self, read: Callable[[int], bytes], out: BinaryIO) -> None:
-        separator = b"\r\n" + self.delimiter
-        while (at := self.buf.find(separator)) < 0:
-            keep = len(separator) - 1
-            if len(self.buf) > keep:
-                out.write(memoryview(self.buf)[:-keep])
-                self.buf = self.buf[-keep:]
-            self._fill(read)
-        out.write(memoryview(self.buf)[:at])
-        self.buf = self.buf[at + len(separator):]
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = min(max(base + offset, 0), self.size)
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        """At most ``size`` bytes, from one piece only (a short read: joining pieces would copy
+        them once more); b"" at the end."""
+        if self.pos >= self.size or size == 0:
+            return b""
+        index = bisect_right(self.starts, self.pos) - 1
+        piece, offset = self.pieces[index], self.pos - self.starts[index]
+        length = len(piece) if isinstance(piece, bytes) else piece[1]
+        wanted = length - offset if size < 0 else min(size, length - offset)
+        if isinstance(piece, bytes):
+            data = piece[offset:offset + wanted]
+        else:
+            data = os.pread(self._descriptor(index, piece[0]), wanted, offset)
+            if not data:
+                raise OSError(f"{piece[0]} is shorter than when the answer began")
+        self.pos += len(data)
+        return data
+
+    def _descriptor(self, index: int, path: Path) -> int:
+        if self.opened is None or self.opened[0] != index:
+            self.close()
+            self.opened = (index, os.open(path, os.O_RDONLY))
+        return self.opened[1]
+
+    def close(self) -> None:
+        if self.opened is not None:
+            os.close(self.opened[1])
+            self.opened = None
 
 
 def new_boundary() -> str:
@@ -104,13 +235,23 @@ def related_type(media: str, boundary: str) -> str:
     return f'multipart/related; type="{media}"; boundary={boundary}'
 
 
-def join(parts: Iterable[tuple[str, Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
-    """The body of a multipart/related response: each part's media type and chunks."""
-    for media, chunks in parts:
+def framed(parts: Iterable[tuple[str, T]], boundary: str) -> Iterator[bytes | T]:
+    """A multipart/related body in order: each part's delimiter and media type, its content,
+    its line end; then the closing delimiter."""
+    for media, content in parts:
         yield f"--{boundary}\r\nContent-Type: {media}\r\n\r\n".encode()
-        yield from chunks
+        yield content
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
+
+
+def join(parts: Iterable[tuple[str, Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
+    """The body of a multipart/related response: each part's media type and chunks."""
+    for piece in framed(parts, boundary):
+        if isinstance(piece, bytes):
+            yield piece
+        else:
+            yield from piece
 
 
 def accepts(accept: str, media: str) -> dict[str, str] | None:

@@ -5,9 +5,11 @@ is the standard dataset (ReferencedSOPSequence, FailedSOPSequence with FailureRe
 from __future__ import annotations
 
 import functools
+import io
+import itertools
 import logging
-import os
-import tempfile
+import uuid
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,25 +17,28 @@ from typing import Any
 
 import bottle
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 
 from ...config import Config
 from ...index.ingest import Origin
-from ...index.resources import instance_uids
 from ...index.tags import BadInstance
 from ...store import Store
 from ..api.common import fail
 from ..api.upload import origin, upload_limit
 from .common import base_url, dicom_json
-from .multipart import Malformed, Splitter, media_params
+from .multipart import Malformed, Part, Splitter, media_params
 
 log = logging.getLogger("appliance.web")
+
+SPOOL_PREFIX = f"stow-{uuid.uuid4().hex[:12]}-"  # this process's part files in tmp
+_spooled = itertools.count()
 
 PROCESSING_FAILURE = 0x0110  # PS3.18 Table 10.5.3-3 (and PS3.4 status codes)
 CANNOT_UNDERSTAND = 0xC000
 MISMATCH = 0xA900
-STORE_THREADS = 8  # parts stored at once, over every request
+STORE_THREADS = 32  # parts stored at once, over every request: at most one writer batch
 UIDS = [0x00080016, 0x00080018, 0x0020000D, 0x0020000E]
+RETRIEVE_URL, FAILURE_REASON = "00081190", "00081197"
+REFERENCED_SOPS, FAILED_SOPS = "00081199", "00081198"
 
 
 @dataclass
@@ -74,72 +79,73 @@ def _boundary() -> str:
     return params["boundary"]
 
 
-def _peek(path: Path) -> tuple[str, str, str, str]:
-    """(SOP class, SOP instance, study, series) UIDs of an uploaded part, "" where
-    unreadable."""
+def _peek(source: Path | bytes) -> tuple[str, str, str, str]:
+    """(SOP class, SOP instance, study, series) UIDs of an uploaded part (its file, or its
+    first bytes), "" where unreadable."""
     try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=UIDS)
+        ds = dcmread(io.BytesIO(source) if isinstance(source, bytes) else source,
+                     stop_before_pixels=True, specific_tags=UIDS)
         return (str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
                 str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
     except Exception:  # garbage is the client's problem: reported as a failure below
         return "", "", "", ""
 
 
-def store_part(store: Store, path: Path, study: str | None, came: Origin) -> Outcome:
-    """Store one part; the part's file is consumed either way. Its UIDs come from the index
-    once stored; the file is read for them only when it must be checked or was refused."""
+def store_part(store: Store, part: Part, study: str | None, came: Origin) -> Outcome:
+    """Store one part; the part's file is consumed either way. Its UIDs are the ones the store
+    read; a part checked against the study of the URL is read for them first, a refused one
+    is looked at in its first bytes."""
     if study is not None:
-        uids = _peek(path)
+        uids = _peek(part.path)
         if uids[2] != study:
-            path.unlink(missing_ok=True)
+            part.path.unlink(missing_ok=True)
             return Outcome(*uids, MISMATCH)
-    keep = path.with_name(path.name + ".refused")
-    os.link(path, keep)  # receive consumes the part: a refused one is read for its UIDs
     try:
-        recorded = store.receive(path, came)
+        _, tags = store.receive_tagged(part.path, came, md5=part.md5)
     except BadInstance as exc:
-        uids = _peek(keep)
-        log.warning("STOW-RS: %s refused (0x%04X): %s", uids[1] or path.name, exc.status, exc)
+        uids = _peek(part.head)
+        log.warning("STOW-RS: %s refused (0x%04X): %s", uids[1] or part.path.name, exc.status,
+                    exc)
         return Outcome(*uids, exc.status)
     except Exception:
-        uids = _peek(keep)
-        log.exception("STOW-RS: %s not stored", uids[1] or path.name)
+        uids = _peek(part.head)
+        log.exception("STOW-RS: %s not stored", uids[1] or part.path.name)
         return Outcome(*uids, PROCESSING_FAILURE)
-    finally:
-        keep.unlink(missing_ok=True)
-    stored = instance_uids(recorded.ids.instance)
-    if stored is None:  # deleted at once (by a hook, by recycling): stored all the same
-        return Outcome("", "", "", "", None)
-    return Outcome(stored.sop_class_uid, stored.sop_uid, stored.study_uid, stored.series_uid,
-                   None)
+    return Outcome(tags.sop_class_uid, tags.sop_uid, tags.study_uid, tags.series_uid, None)
 
 
 def response(outcomes: list[Outcome], study: str | None) -> str:
-    """PS3.18 10.5.3: 200 all stored, 202 some, 409 none."""
+    """PS3.18 10.5.3: 200 all stored, 202 some, 409 none. The dataset is written in the DICOM
+    JSON model (PS3.18 F.2) directly: through pydicom datasets it cost more than storing."""
     base = base_url()
-    ds = Dataset()
     stored = [o for o in outcomes if o.failure is None]
     failed = [o for o in outcomes if o.failure is not None]
+    answer: dict[str, Any] = {}
     studies = {o.study_uid for o in stored}
     if study or len(studies) == 1:
-        ds.RetrieveURL = f"{base}/studies/{study or studies.pop()}"
-    ds.ReferencedSOPSequence = [_item(o, f"{base}/studies/{o.study_uid}/series/{o.series_uid}"
-                                          f"/instances/{o.sop_uid}")
-                                for o in stored]
-    ds.FailedSOPSequence = [_item(o) for o in failed]
-    for item, outcome in zip(ds.FailedSOPSequence, failed, strict=True):
-        item.FailureReason = outcome.failure
+        answer[RETRIEVE_URL] = _element("UR", f"{base}/studies/{study or studies.pop()}")
+    answer[REFERENCED_SOPS] = _sequence(
+        {**_reference(o), RETRIEVE_URL: _element(
+            "UR", f"{base}/studies/{o.study_uid}/series/{o.series_uid}/instances/{o.sop_uid}")}
+        for o in stored)
+    answer[FAILED_SOPS] = _sequence({**_reference(o), FAILURE_REASON: _element("US", o.failure)}
+                                    for o in failed)
     bottle.response.status = 200 if not failed else 202 if stored else 409
-    return dicom_json(ds.to_json_dict())
+    return dicom_json(answer)
 
 
-def _item(outcome: Outcome, url: str | None = None) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = outcome.sop_class
-    item.ReferencedSOPInstanceUID = outcome.sop_uid
-    if url:
-        item.RetrieveURL = url
-    return item
+def _element(vr: str, value: str | int | None) -> dict[str, Any]:
+    """An attribute of the DICOM JSON model (PS3.18 F.2.2): an empty one has no Value."""
+    return {"vr": vr} if value in ("", None) else {"vr": vr, "Value": [value]}
+
+
+def _sequence(items: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    return {"vr": "SQ", "Value": list(items)}
+
+
+def _reference(outcome: Outcome) -> dict[str, Any]:
+    return {"00081150": _element("UI", outcome.sop_class),
+            "00081155": _element("UI", outcome.sop_uid)}
 
 
 def install(app: bottle.Bottle, prefix: str, config: Config, store: Store) -> None:
@@ -149,22 +155,27 @@ def install(app: bottle.Bottle, prefix: str, config: Config, store: Store) -> No
         boundary = _boundary()
         reader = LimitedReader(bottle.request.environ["wsgi.input"],
                                bottle.request.content_length, upload_limit(config))
-        splitter = Splitter(boundary, lambda: _new_file(store))
-        try:
-            parts = splitter.split(reader.read)
-        except Malformed as exc:
-            _discard(splitter)
-            fail(400, f"malformed multipart body: {exc}")
-        except BaseException:
-            _discard(splitter)
-            raise
-        if not parts:
-            fail(400, "the multipart body has no part")
+        parts = _receive(Splitter(boundary, reader.read, lambda: _new_file(store)))
         came = origin()  # read here: the request is thread-local
-        pending = [_pool().submit(_store_typed, store, headers.get_content_type(), path, study,
-                                  came)
-                   for headers, path in parts]
+        pending = [_pool().submit(_store_typed, store, part, study, came) for part in parts]
         return response([p.result() for p in pending], study)
+
+
+def _receive(splitter: Splitter) -> list[Part]:
+    """Every part, written to its file; nothing is stored before the body is whole (a
+    malformed body stores nothing)."""
+    parts: list[Part] = []
+    try:
+        parts.extend(splitter.parts())
+    except Malformed as exc:
+        _discard(parts)
+        fail(400, f"malformed multipart body: {exc}")
+    except BaseException:
+        _discard(parts)
+        raise
+    if not parts:
+        fail(400, "the multipart body has no part")
+    return parts
 
 
 @functools.cache
@@ -174,21 +185,20 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="stow")
 
 
-def _store_typed(store: Store, media: str, path: Path, study: str | None, came: Origin
-                 ) -> Outcome:
-    if media not in ("application/dicom", "text/plain"):  # text/plain: no Content-Type given
-        path.unlink(missing_ok=True)
+def _store_typed(store: Store, part: Part, study: str | None, came: Origin) -> Outcome:
+    if part.media not in ("application/dicom", "text/plain"):  # text/plain: no Content-Type
+        part.path.unlink(missing_ok=True)
         return Outcome("", "", "", "", CANNOT_UNDERSTAND)
-    return store_part(store, path, study, came)
+    return store_part(store, part, study, came)
 
 
 def _new_file(store: Store) -> Path:
-    fd, name = tempfile.mkstemp(dir=store.area.tmp, prefix="stow-")
-    os.close(fd)
-    return Path(name)
+    """A new name in ``tmp`` (the part file is created exclusively: a name left by an earlier
+    process is an error, not overwritten)."""
+    return store.area.tmp / f"{SPOOL_PREFIX}{next(_spooled)}"
 
 
-def _discard(splitter: Splitter) -> None:
-    for _, path in splitter.parts:
-        path.unlink(missing_ok=True)
+def _discard(parts: list[Part]) -> None:
+    for part in parts:
+        part.path.unlink(missing_ok=True)
 

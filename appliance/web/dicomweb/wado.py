@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from functools import partial
 from typing import Any, BinaryIO
 
@@ -17,7 +18,7 @@ from ...index.resources import StoredInstance, instances_by_uid
 from ...store import Store
 from ..api.common import fail, stream
 from .common import dicom_json
-from .multipart import accepts, join, new_boundary, related_type
+from .multipart import JoinedFile, accepts, framed, join, new_boundary, related_type
 
 log = logging.getLogger("appliance.web")
 
@@ -49,25 +50,42 @@ def _wanted_syntax(instances: list[StoredInstance]) -> str:
     return wanted
 
 
-def retrieve(store: Store, instances: list[StoredInstance]) -> Iterator[bytes]:
+def retrieve(store: Store, instances: list[StoredInstance]) -> Iterator[bytes] | JoinedFile:
     """Each instance as stored, or converted to Explicit VR Little Endian when asked (the
-    default). The first conversion happens before the answer starts, so that an instance that
-    cannot be converted is a 406; a later one that cannot is sent as stored, its part saying
-    in which syntax."""
+    default); with nothing to convert, the stored files as one joined file. The first
+    conversion happens before the answer starts, so that an instance that cannot be converted
+    is a 406; a later one that cannot is sent as stored, its part saying in which syntax."""
     wanted = _wanted_syntax(instances)
     convert = [wanted == EXPLICIT_LE and i.transfer_syntax != EXPLICIT_LE for i in instances]
-    first = None
-    if any(convert):
-        at = convert.index(True)
-        try:
-            first = (at, store.open_explicit_le(instances[at].public_id))
-        except Undecodable as exc:
-            fail(406, f"cannot convert to {EXPLICIT_LE} (ask for transfer-syntax=*): {exc}")
+    if not any(convert):
+        return _as_stored(store, instances)
+    at = convert.index(True)
+    try:
+        first = (at, store.open_explicit_le(instances[at].public_id))
+    except Undecodable as exc:
+        fail(406, f"cannot convert to {EXPLICIT_LE} (ask for transfer-syntax=*): {exc}")
     boundary = new_boundary()
     bottle.response.content_type = related_type("application/dicom", boundary)
-    parts = (_part(store, i, convert[n], first[1] if first and first[0] == n else None)
+    parts = (_part(store, i, convert[n], first[1] if first[0] == n else None)
              for n, i in enumerate(instances))
     return join(parts, boundary)
+
+
+def _as_stored(store: Store, instances: list[StoredInstance]) -> JoinedFile:
+    """The stored files as they are, sent by waitress as one file (see ``JoinedFile``);
+    instances deleted since the listing are left out."""
+    files = store.instance_files([i.public_id for i in instances])
+    parts = []
+    for instance in instances:
+        path = files.get(instance.public_id)
+        if path is None:
+            continue
+        with suppress(FileNotFoundError):
+            parts.append((f"application/dicom; transfer-syntax={instance.transfer_syntax}",
+                          (path, path.stat().st_size)))
+    boundary = new_boundary()
+    bottle.response.content_type = related_type("application/dicom", boundary)
+    return JoinedFile(framed(parts, boundary))
 
 
 def _part(store: Store, instance: StoredInstance, convert: bool, converted: BinaryIO | None
