@@ -1,8 +1,5 @@
 """A DICOM edge appliance: receive, buffer, route and serve images on a small box."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("dicom-appliance")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
+# The one place the version is written (pyproject.toml reads it): importlib.metadata would cost
+# ~0.5 s of the boot under software emulation (it imports email, zipfile, csv...).
+__version__ = "0.1.0"
