@@ -185,10 +185,15 @@ class Store:
         if files:
             self.writer.submit(lambda: emptied(files))
 
+    def file_of(self, public_id: str) -> Path | None:
+        """The stored file of an instance, or None if there is no such instance."""
+        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
+        return self.area.path(row.file) if row else None
+
     def open_instance(self, public_id: str) -> BinaryIO | None:
         """The stored bytes of an instance, or None if there is no such instance."""
-        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
-        return open(self.area.path(row.file), "rb") if row else None
+        path = self.file_of(public_id)
+        return open(path, "rb") if path else None
 
     def instance_files(self, public_ids: Sequence[str]) -> dict[str, Path]:
         """The stored files of instances, by public ID (one query per ``LOOKUP_BATCH``, where
@@ -204,10 +209,8 @@ class Store:
     def read_instance(self, public_id: str, defer_size: int | None = None) -> Dataset | None:
         """A stored instance as a dataset (values above ``defer_size`` bytes read only when
         used, so a header walk never loads the pixel data); None if there is no such instance."""
-        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
-        if row is None:
-            return None
-        return dcmread(self.area.path(row.file), defer_size=defer_size)
+        path = self.file_of(public_id)
+        return dcmread(path, defer_size=defer_size) if path else None
 
     def render(self, public_id: str, index: int, fmt: str = "PNG") -> bytes | None:
         """Frame ``index`` of an instance as PNG or JPEG (None: no such instance); raises
@@ -222,13 +225,13 @@ class Store:
         """The instance in Explicit VR Little Endian (decompressed, or re-encoded), as a file
         already unlinked from ``tmp`` (None: no such instance); ``Undecodable`` when it cannot
         be converted here. Converted in the pixel helper process."""
-        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
-        if row is None:
+        path = self.file_of(public_id)
+        if path is None:
             return None
         fd, name = tempfile.mkstemp(dir=self.area.tmp, prefix="transcode-")
         os.close(fd)
         try:
-            error = pixels.worker.run(pixels.decompress_file, str(self.area.path(row.file)), name)
+            error = pixels.worker.run(pixels.decompress_file, str(path), name)
             if error:
                 raise render.Undecodable(error)
             return open(name, "rb")
@@ -238,11 +241,11 @@ class Store:
             Path(name).unlink(missing_ok=True)
 
     def _pixel_job(self, public_id: str, fn: Callable[..., bytes], *args: object) -> bytes | None:
-        row = Instance.select(Instance.file).where(Instance.public_id == public_id).first()
-        if row is None:
+        path = self.file_of(public_id)
+        if path is None:
             return None
         try:
-            return pixels.worker.run(fn, str(self.area.path(row.file)), *args)
+            return pixels.worker.run(fn, str(path), *args)
         except (pixels.PixelError, TimeoutError) as exc:
             raise render.Undecodable(str(exc) or "pixel decoding timed out") from exc
 
