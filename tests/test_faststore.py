@@ -27,8 +27,15 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
+from pynetdicom.dimse_messages import (
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_FIND_RQ,
+    C_FIND_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+)
+from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (
@@ -114,8 +121,6 @@ def test_find_response_is_pynetdicoms(status: int, comment: str, dataset: bool) 
         rsp.ErrorComment = comment
     if dataset:
         rsp.Identifier = io.BytesIO(b"\0" * 8)
-    from pynetdicom.dimse_messages import C_FIND_RSP
-
     msg = C_FIND_RSP()
     msg.primitive_to_message(rsp)
     theirs = encode(msg.command_set, True, True)
@@ -135,9 +140,6 @@ def find_command(message_id: int, model: str, identifier: Dataset, implicit: boo
 
 
 def test_is_cancel() -> None:
-    from pynetdicom.dimse_messages import C_CANCEL_RQ
-    from pynetdicom.dimse_primitives import C_CANCEL
-
     req = C_CANCEL()
     req.MessageIDBeingRespondedTo = 5
     cancel = pdu(message_pdvs(req, C_CANCEL_RQ(), 3))
@@ -533,7 +535,10 @@ def test_waiting_spare_association_counts_for_nothing(appliance_factory: Any) ->
         if all(a.is_established for a in held):
             return True
         for a in held:
-            a.release() if a.is_established else a.kill()
+            if a.is_established:
+                a.release()
+            else:
+                a.kill()
         held.clear()
         return False
 
