@@ -329,18 +329,17 @@ def test_garbage_in_parallel_with_a_good_series(app: ApplianceProcess, tmp_path:
     errors: list[BaseException] = []
 
     def garbage_sender() -> None:
-        """One association, sending garbage datasets until told to stop."""
+        """Garbage datasets until told to stop, on one association while it lasts."""
         try:
-            assoc = associate(app)
-            try:
-                while not done.is_set():
-                    rsp = assoc.send_c_store(bad)
-                    statuses.append(int(rsp.Status) if rsp and "Status" in rsp else None)
-                    if not assoc.is_established:
-                        break
-            finally:
-                if assoc.is_established:
-                    assoc.release()
+            while not done.is_set():
+                assoc = associate(app)
+                try:
+                    while not done.is_set() and assoc.is_established:
+                        rsp = assoc.send_c_store(bad)
+                        statuses.append(int(rsp.Status) if rsp and "Status" in rsp else None)
+                finally:
+                    if assoc.is_established:
+                        assoc.release()
         except BaseException as exc:
             errors.append(exc)
 
@@ -372,7 +371,11 @@ def test_garbage_in_parallel_with_a_good_series(app: ApplianceProcess, tmp_path:
             t.join(60)
     assert not errors, errors
     assert during >= 1, "the garbage sender did not run alongside storescu"
-    assert all(is_failure(s) for s in statuses), statuses
+    # None is a response the test's own pynetdicom client lost: its reactor thread can take a
+    # C-STORE response off the queue before send_c_store waits for it (seen once in CI, logged as
+    # "Received unexpected C-STORE service message"); the client then aborts and associates again.
+    answered = [s for s in statuses if s is not None]
+    assert answered and all(is_failure(s) for s in answered), statuses
     assert app.statistics()["CountInstances"] == before + len(series)
     assert len(files(app)) == before + len(series)
     wait_for(lambda: not temp_files(app), 30, "an empty tmp/")
