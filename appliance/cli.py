@@ -8,6 +8,7 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -49,11 +50,26 @@ def config_of(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .runtime import serve
+    from .runtime import serve  # seconds of imports on a small box: done while the disk mounts
 
+    if args.wait_mount is not None:
+        if not args.data:
+            raise SystemExit("serve: --wait-mount needs --data (the mount point)")
+        wait_for_mount(Path(args.data).resolve(), args.wait_mount)
     configs = configs_of(args)
     log.setup(configs.current.log.level)
     return serve(configs)
+
+
+def wait_for_mount(data: Path, seconds: float) -> None:
+    """The OS image starts us while its data partition is still being found and mounted: wait
+    for it, and never run on the empty directory beneath (what we stored there would vanish)."""
+    deadline = time.monotonic() + seconds
+    while not os.path.ismount(data):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"serve: {data} is not a mount point after {seconds:g} s: "
+                             "is the data partition there?")
+        time.sleep(0.05)
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
@@ -363,6 +379,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--aet", help="our AE title")
     serve.add_argument("--dicom-port", type=int, metavar="N", help="DICOM port (default 4242)")
     serve.add_argument("--http-port", type=int, metavar="N", help="HTTP port (default 8042)")
+    serve.add_argument("--wait-mount", type=float, metavar="SECONDS",
+                       help="wait up to SECONDS for --data to be a mounted file system of its "
+                       "own (started while the data partition mounts); fail if it is not")
     fsck = command("fsck", cmd_fsck, "check that files and index agree")
     fsck.add_argument("--repair", action="store_true", help="fix what is found")
     fsck.add_argument("--verify", action="store_true", help="also verify every file's checksum")

@@ -347,6 +347,20 @@ def test_reindex_rebuilds_the_same_index(appliance_factory: Any, tmp_path: Path)
 # --- 4. one appliance per data directory -----------------------------------------------------
 
 @pytest.mark.timeout(300)
+def test_serve_waits_for_its_data_mount_and_never_runs_beneath(tmp_path: Path) -> None:
+    """``serve --wait-mount``: a data directory that is not a mount point (the partition never
+    came) makes it fail with a clear message, and nothing is written into the directory."""
+    data = tmp_path / "mountpoint"
+    data.mkdir()
+    result = appliance_cli("serve", "--data", str(data), "--wait-mount", "0.3",
+                           "--dicom-port", "0", "--http-port", "0", timeout=60)
+    assert result.returncode != 0
+    assert f"{data} is not a mount point after 0.3 s" in result.stderr, result.stderr
+    assert list(data.iterdir()) == []
+    without_data = appliance_cli("serve", "--wait-mount", "1", timeout=60)
+    assert without_data.returncode != 0 and "--wait-mount needs --data" in without_data.stderr
+
+
 def test_second_appliance_on_same_data_refuses(appliance_factory: Any, tmp_path: Path) -> None:
     app = appliance_factory("data").start()
     storescu(app, *make_series(tmp_path / "s", 2, size=32))

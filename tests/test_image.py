@@ -349,6 +349,38 @@ def test_store_and_web_from_the_host(vm: Vm, tmp_path: Path) -> None:
     assert {instance_id(f) for f in files} <= listed
 
 
+def test_the_appliance_writes_on_its_data_partition(vm: Vm) -> None:
+    """It starts before the partition is mounted: what it sees (in its own mount namespace) must
+    be that partition, read-write, and what it wrote must be on it, not on the tmpfs beneath."""
+    pid = vm.check("systemctl show -p MainPID --value appliance")
+    index = "/var/lib/appliance/index.sqlite"
+    source, fstype, options = vm.check(f"nsenter -t {pid} -m findmnt -no SOURCE,FSTYPE,OPTIONS "
+                                       f"-T {index}").split()
+    assert (source, fstype) == (vm.check("findmnt -no SOURCE /var/lib/appliance"), "ext4")
+    assert options.split(",")[0] == "rw", options
+    assert vm.check(f"nsenter -t {pid} -m stat -c %d:%i {index}") == \
+        vm.check(f"stat -c %d:%i {index}")
+
+
+def test_unmounting_the_data_partition_stops_the_appliance_first(vm: Vm) -> None:
+    """The appliance is not ordered after its data mount (it starts while the partition mounts):
+    appliance-unmount.service stops it before the unmount, and starting it mounts the data."""
+    before = vm.get("/statistics").json()
+    vm.check("systemctl stop var-lib-appliance.mount")
+    assert vm.check("systemctl is-active appliance appliance-unmount var-lib-appliance.mount "
+                    "|| true") == "inactive\ninactive\ninactive"
+    log = vm.check("journalctl -b -o cat --no-pager -u appliance -u var-lib-appliance.mount "
+                   "| grep -E '^stopped$|Unmounted' | tail -2")
+    assert log.splitlines() == ["stopped",
+                                "Unmounted var-lib-appliance.mount - /var/lib/appliance."]
+    vm.check("systemctl start appliance")
+    wait_for(vm.echo_ok, timeout=BOOT_TIMEOUT, what="the appliance started again")
+    assert vm.check("systemctl is-active var-lib-appliance.mount appliance-unmount") == \
+        "active\nactive"
+    wait_for(lambda: vm.get("/statistics").status_code == 200, 120, "the web API")
+    assert vm.get("/statistics").json() == before
+
+
 def test_health(vm: Vm) -> None:
     response = vm.get("/health")
     assert response.status_code == 200, response.text
