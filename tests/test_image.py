@@ -178,11 +178,13 @@ class Vm:
         self.started = time.monotonic()
         with open(self.workdir / f"qemu-{self.boots}.log", "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self.echo_ok, timeout=BOOT_TIMEOUT, what="C-ECHO from the appliance in the VM")
-        seconds = time.monotonic() - self.started
+        # Connected from the start: with nobody on the host side the guest's debug shell reads
+        # end-of-file and is restarted every second, work a production image does not do.
+        wait_for(self.socket_path.exists, timeout=60, what="qemu's debug socket")
         self.shell = socket.socket(socket.AF_UNIX)
         self.shell.connect(str(self.socket_path))
-        return seconds
+        wait_for(self.echo_ok, timeout=BOOT_TIMEOUT, what="C-ECHO from the appliance in the VM")
+        return time.monotonic() - self.started
 
     def echo_ok(self) -> bool:
         assert self.proc is not None

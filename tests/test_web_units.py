@@ -9,11 +9,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import bottle
 import pytest
 from pydicom import dcmread
 
 from appliance.dicom import orthanc_json
 from appliance.web.dicomweb.multipart import JoinedFile, Malformed, Splitter, accepts, join
+from appliance.web.router import Router
 from appliance.web.streaming import BodyPipe, Dechunker
 
 from .conftest import pydicom_file
@@ -125,3 +127,32 @@ def test_orthanc_tag_formats() -> None:
     ct = orthanc_json.full(dcmread(pydicom_file("CT_small.dcm")))
     assert ct["7fe0,0010"] == {"Name": "PixelData", "Type": "Null", "Value": None}
     assert ct["0009,1001"]["PrivateCreator"] == "GEMS_IDEN_01"
+
+
+def test_router_compiled_once_matches_as_bottle_does() -> None:
+    """The router that compiles each method's pattern once answers like Bottle's own, for
+    static, dynamic and wrong-method requests, and for a route added after it was compiled."""
+    ours = Router()
+    theirs = bottle.Router()
+    rules = [("/patients", "GET"), ("/patients/<id>", "GET"), ("/patients/<id>", "DELETE"),
+             ("/studies/<id>/series", "GET"), ("/instances/<id>/frames/<n:int>", "GET")]
+    for router in (ours, theirs):
+        for rule, method in rules:
+            router.add(rule, method, f"{method} {rule}")
+    ours.compile()
+    for router in (ours, theirs):
+        router.add("/late/<name>", "GET", "GET /late/<name>")
+
+    def answer(router: bottle.Router, method: str, path: str) -> object:
+        try:
+            return router.match({"REQUEST_METHOD": method, "PATH_INFO": path})
+        except bottle.HTTPError as error:
+            return error.status_code, error.headers.get("Allow")
+
+    requests = [("GET", "/patients"), ("GET", "/patients/abc"), ("DELETE", "/patients/abc"),
+                ("PUT", "/patients/abc"), ("GET", "/studies/x/series"),
+                ("GET", "/instances/i/frames/3"), ("GET", "/instances/i/frames/x"),
+                ("HEAD", "/patients/abc"), ("GET", "/nowhere"), ("GET", "/late/x")]
+    for method, path in requests:
+        assert answer(ours, method, path) == answer(theirs, method, path), (method, path)
+    assert answer(ours, "GET", "/late/x")[0] == "GET /late/<name>"

@@ -16,6 +16,7 @@ from ..store import Store
 from . import dicomweb, openapi, streaming
 from .api import content, resources, system, tools, upload
 from .dicomweb.common import PREFIX
+from .router import Router
 
 log = logging.getLogger("appliance.web")
 
@@ -37,6 +38,7 @@ Installer = Callable[[bottle.Bottle], None]
 def create_app(config: Config, store: Store, installers: Sequence[Installer] = ()) -> bottle.Bottle:
     """The application; ``installers`` add the routes of services built by the runtime."""
     app = bottle.Bottle()
+    vars(app)["router"] = Router()  # before any route; Bottle refuses to rebind its attributes
     app.config["appliance.config"] = config
     app.config["appliance.store"] = store
     for code in ERROR_CODES:
@@ -50,6 +52,7 @@ def create_app(config: Config, store: Store, installers: Sequence[Installer] = (
     for install in installers:
         install(app)
     openapi.install(app)
+    app.router.compile()
     return app
 
 
