@@ -212,7 +212,7 @@ class Vm:
         return self.workdir / f"debug-{self.boots}.sock"
 
     def boot(self) -> float:
-        """Power on; return the seconds until the appliance answers C-ECHO."""
+        """Power on; return the seconds until the appliance answers C-ECHO from the host."""
         self.boots += 1
         self.started = time.monotonic()
         with open(self.workdir / f"qemu-{self.boots}.log", "wb") as log:
@@ -231,10 +231,23 @@ class Vm:
             raise RuntimeError(f"qemu exited with {self.proc.returncode}: see {self.workdir}")
         # Before the guest listens, qemu accepts the connection and holds it: short timeouts.
         try:
-            return dcmtk("echoscu", "-to", "5", "-ta", "5", "-td", "5", "-aec", AET, "127.0.0.1",
+            return dcmtk("echoscu", "-to", "2", "-ta", "2", "-td", "2", "-aec", AET, "127.0.0.1",
                          str(self.dicom_port), check=False, timeout=30).returncode == 0
         except subprocess.TimeoutExpired:
             return False
+
+    def seconds_to_ready(self) -> float:
+        """From power-on to the appliance's READY=1. The guest's monotonic clock starts with its
+        kernel, which the host places by reading the guest's uptime: exact, where the first
+        C-ECHO also waits for DHCP and for the polling's timeouts."""
+        elapsed = time.monotonic() - self.started
+        uptime = float(self.check("cat /proc/uptime").split()[0])
+        return elapsed - uptime + self.ready_monotonic()
+
+    def ready_monotonic(self) -> float:
+        """When the appliance last became active, on the guest's clock (from its kernel's start)."""
+        ready = self.check("systemctl show -p ActiveEnterTimestampMonotonic --value appliance")
+        return int(ready) / 1e6
 
     def sh(self, command: str, timeout: float = 120.0) -> tuple[int, str]:
         """Run a shell command as root in the guest; return its status and output."""
@@ -295,7 +308,9 @@ def booted(machine: Vm) -> Iterator[Vm]:
     numbers = machine.platform.measurements
     artifacts = f"image-{machine.platform.prefix}"
     try:
-        numbers["boot_to_ready_seconds"] = round(machine.boot(), 1)
+        numbers["boot_to_echo_seconds"] = round(machine.boot(), 1)
+        numbers["boot_to_ready_seconds"] = round(machine.seconds_to_ready(), 1)
+        numbers["kernel_to_ready_seconds"] = round(machine.ready_monotonic(), 1)
         machine.first_run_setup()
         yield machine
     finally:
@@ -329,8 +344,6 @@ def test_service_ready_and_system_as_designed(vm: Vm) -> None:
     numbers["idle_memory_used_mib"] = round(
         (kib["MemTotal"] - kib["MemFree"] - kib["Buffers"] - kib["Cached"] - kib["SReclaimable"])
         / 1024, 1)
-    ready_us = int(vm.check("systemctl show -p ActiveEnterTimestampMonotonic --value appliance"))
-    numbers["kernel_to_ready_seconds"] = round(ready_us / 1e6, 1)
 
 
 def test_units_verify_in_the_image(vm: Vm) -> None:
@@ -487,7 +500,8 @@ def test_power_cut_during_a_store_keeps_every_acknowledged_instance(vm: Vm, tmp_
     assert 50 <= len(acknowledged) < len(files), "the cut did not happen during the stream"
     MEASUREMENTS["acknowledged_before_power_cut"] = len(acknowledged)
 
-    MEASUREMENTS["boot_after_power_cut_seconds"] = round(vm.boot(), 1)
+    MEASUREMENTS["boot_to_echo_after_power_cut_seconds"] = round(vm.boot(), 1)
+    MEASUREMENTS["boot_to_ready_after_power_cut_seconds"] = round(vm.seconds_to_ready(), 1)
     listed = set(vm.get("/instances").json())
     missing = [f for f in acknowledged if instance_id(f) not in listed]
     assert not missing, f"{len(missing)} acknowledged instances lost, e.g. {missing[:3]}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,29 @@ def test_writer_lists_unflushed_files_until_a_flush_succeeds(tmp_path: Path) -> 
     finally:
         writer.stop()
         db.close()
+
+
+def test_serve_keeps_numpy_out_and_the_rest_importable_afterwards() -> None:
+    """``appliance serve`` loads pydicom without numpy, requests, Pillow and pydicom.examples;
+    all but numpy can still be imported afterwards (by a hook, say)."""
+    probe = textwrap.dedent("""
+        import sys
+        sys.argv = ["appliance", "serve", "--help"]
+        from appliance.__main__ import main
+        try:
+            main()
+        except SystemExit:
+            pass
+        loaded = [m for m in ("numpy", "requests", "PIL", "pydicom.examples")
+                  if sys.modules.get(m) is not None]
+        import pydicom.examples, requests, PIL
+        try:
+            import numpy
+            numpy_importable = True
+        except ImportError:
+            numpy_importable = False
+        print(loaded, numpy_importable, pydicom.examples.get_path("ct").name)
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.split("\n")[-2] == "[] False CT_small.dcm", result.stdout + result.stderr
