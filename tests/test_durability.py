@@ -346,7 +346,6 @@ def test_reindex_rebuilds_the_same_index(appliance_factory: Any, tmp_path: Path)
 
 # --- 4. one appliance per data directory -----------------------------------------------------
 
-@pytest.mark.timeout(300)
 def test_serve_waits_for_its_data_mount_and_never_runs_beneath(tmp_path: Path) -> None:
     """``serve --wait-mount``: a data directory that is not a mount point (the partition never
     came) makes it fail with a clear message, and nothing is written into the directory."""
@@ -361,6 +360,7 @@ def test_serve_waits_for_its_data_mount_and_never_runs_beneath(tmp_path: Path) -
     assert without_data.returncode != 0 and "--wait-mount needs --data" in without_data.stderr
 
 
+@pytest.mark.timeout(300)
 def test_second_appliance_on_same_data_refuses(appliance_factory: Any, tmp_path: Path) -> None:
     app = appliance_factory("data").start()
     storescu(app, *make_series(tmp_path / "s", 2, size=32))

@@ -237,12 +237,15 @@ class Vm:
             return False
 
     def seconds_to_ready(self) -> float:
-        """From power-on to the appliance's READY=1. The guest's monotonic clock starts with its
-        kernel, which the host places by reading the guest's uptime: exact, where the first
-        C-ECHO also waits for DHCP and for the polling's timeouts."""
+        """From power-on to the appliance's READY=1: exact, where the first C-ECHO also waits
+        for DHCP and for the polling's timeouts."""
+        return self.seconds_to_kernel() + self.ready_monotonic()
+
+    def seconds_to_kernel(self) -> float:
+        """From power-on to the kernel's start (firmware and boot loader): the guest's monotonic
+        clock starts with its kernel, which the host places by reading the guest's uptime."""
         elapsed = time.monotonic() - self.started
-        uptime = float(self.check("cat /proc/uptime").split()[0])
-        return elapsed - uptime + self.ready_monotonic()
+        return elapsed - float(self.check("cat /proc/uptime").split()[0])
 
     def ready_monotonic(self) -> float:
         """When the appliance last became active, on the guest's clock (from its kernel's start)."""

@@ -16,7 +16,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,8 +28,7 @@ def boot_once(image: Path) -> tuple[float, float, float]:
     vm = Vm(image, Path(tempfile.mkdtemp(prefix="boot-times-")))
     try:
         echo = vm.boot()
-        uptime = float(vm.check("cat /proc/uptime").split()[0])
-        kernel = time.monotonic() - vm.started - uptime
+        kernel = vm.seconds_to_kernel()
         return kernel, kernel + vm.ready_monotonic(), echo
     finally:
         vm.power_cut()
