@@ -157,6 +157,10 @@ def http_config(config: Config, security: Security) -> Config:
 
 def serve(configs: ConfigStore) -> int:
     """Run until SIGTERM or SIGINT; exit 0 after an orderly stop."""
+    # The modules were imported with the collector off (``__main__``): on again for start-up,
+    # which may re-index a whole store, with the modules out of its sight.
+    gc.freeze()
+    gc.enable()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

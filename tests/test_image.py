@@ -356,6 +356,20 @@ def test_units_verify_in_the_image(vm: Vm) -> None:
     assert vm.sh(f"systemd-analyze verify {' '.join(units)}") == (0, "")
 
 
+def test_the_appliance_files_were_read_ahead(vm: Vm) -> None:
+    """appliance-readahead.service ran at this boot and succeeded, from a list the build made of
+    what ``serve`` reads (every file in it exists in the image)."""
+    def show(prop: str) -> str:
+        return vm.check(f"systemctl show -p {prop} --value appliance-readahead")
+
+    assert (show("Result"), show("ExecMainStatus")) == ("success", "0")
+    assert int(show("ExecMainStartTimestampMonotonic")) > 0
+    listed = vm.check("cat /opt/appliance/readahead.list").split()
+    assert any(path.endswith("/appliance/__pycache__/store.cpython-311.pyc") for path in listed)
+    assert vm.check("while read -r f; do [ -f \"$f\" ] || echo \"$f\"; done "
+                    "< /opt/appliance/readahead.list") == ""
+
+
 def test_ssh_image_lets_in_its_key_and_nothing_else(ssh_image: tuple[Path, Path],
                                                    tmp_path_factory: pytest.TempPathFactory
                                                    ) -> None:

@@ -143,3 +143,21 @@ def test_serve_keeps_numpy_out_and_the_rest_importable_afterwards() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=120, check=True)
     assert result.stdout.split("\n")[-2] == "[] False CT_small.dcm", result.stdout + result.stderr
+
+
+def test_readahead_lists_what_serve_reads_and_reads_it(tmp_path: Path) -> None:
+    """The OS image's readahead list (``--list``): the interpreter first, then the libraries and
+    the modules ``serve`` imports, numpy not among them, every one an existing file. Reading a
+    list whose files have gone since succeeds (a stale list must not fail the boot)."""
+    listed = subprocess.run([sys.executable, "-m", "appliance.readahead", "--list"],
+                            capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert listed[0] == str(Path(sys.executable).resolve())
+    assert all(Path(path).is_file() for path in listed)
+    names = {Path(path).name.split(".")[0] for path in listed}
+    assert {"store", "faststore", "scp", "association", "dataset", "bottle", "server"} <= names
+    assert not any("/numpy/" in path for path in listed)
+    assert any(path.endswith(".so") for path in listed)  # extension modules and libraries
+    listing = tmp_path / "readahead.list"
+    listing.write_text("\n".join([str(tmp_path / "gone.pyc"), *listed]))
+    subprocess.run([sys.executable, "-m", "appliance.readahead", str(listing)], timeout=60,
+                   check=True)
