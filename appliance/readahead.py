@@ -36,9 +36,9 @@ def module_files() -> list[str]:
 
 
 def linked(binaries: list[str]) -> list[str]:
-    """The shared libraries the dynamic loader maps for ``binaries`` (ldd)."""
-    listing = subprocess.run(["ldd", *binaries], capture_output=True, text=True,
-                             check=True).stdout
+    """The shared libraries the dynamic loader maps for ``binaries`` (ldd; a file it cannot
+    list only leaves its libraries out: they are a small part of the reading)."""
+    listing = subprocess.run(["ldd", *binaries], capture_output=True, text=True).stdout
     return [os.path.realpath(path) for path in re.findall(r"=> (/\S+)", listing)]
 
 
