@@ -22,6 +22,7 @@ from .test_image import (  # noqa: F401 (test functions imported run again on th
     test_health,
     test_service_ready_and_system_as_designed,
     test_store_and_web_from_the_host,
+    test_the_appliance_files_were_read_ahead,
 )
 
 pytestmark = [
