@@ -272,13 +272,18 @@ def vary_patient(ds: Any, study: int) -> None:
 
 
 def generate(spec: SetSpec) -> DataSet:
-    """Generate ``spec`` under the cache (or reuse a complete earlier generation)."""
+    """Generate ``spec`` under the cache (or reuse a complete earlier generation, read once so
+    that the first server measured is not the only one whose sender reads it cold from disk)."""
     from pydicom.uid import generate_uid
 
     root = CACHE / spec.key
     manifest = CACHE / f"{spec.key}.json"
     if manifest.exists():
         info = json.loads(manifest.read_text())
+        for path in root.rglob("*.dcm"):
+            with open(path, "rb") as f:
+                while f.read(1 << 20):
+                    pass
         return DataSet(spec.name, root, info["files"], info["bytes"])
     print(f"generating {spec.name}: {spec.count} instances into {root} ...", flush=True)
     started = time.monotonic()
@@ -764,17 +769,9 @@ def versions() -> dict[str, str]:
     }
 
 
-def warm(data: DataSet) -> DataSet:
-    """Read every file of ``data`` once: the first server measured would otherwise be the only
-    one whose sender reads the set cold from the disk."""
-    for path in data.root.rglob("*.dcm"):
-        path.read_bytes()
-    return data
-
-
 def run(sets: list[str], quick: bool, lab: Lab) -> Results:
     specs = set_specs(quick)
-    data = {name: warm(generate(specs[name])) for name in sets}
+    data = {name: generate(specs[name]) for name in sets}
     results = Results(machine_info(), versions(), quick,
                       {n: {"files": d.files, "bytes": d.bytes} for n, d in data.items()},
                       [], [], None, [], [])
@@ -797,7 +794,7 @@ def run(sets: list[str], quick: bool, lab: Lab) -> Results:
         for kind in SERVERS:
             results.nagle += cell(kind, "tiny", False, nodelay=False)
         print("appliance at a full store:", flush=True)
-        prefill = warm(generate(specs["prefill"]))
+        prefill = generate(specs["prefill"])
         results.full_store = attempt(errors, "full store", run_full_store, lab, prefill,
                                      data["tiny"])
     print("idle CPU with open associations:", flush=True)
@@ -1517,7 +1514,7 @@ class ForwardResults(RunInfo):
 def run_forward(sets: list[str], quick: bool, lab: Lab) -> ForwardResults:
     """Per set and feed count (1, then 4 parallel storescu): direct, appliance, Orthanc."""
     specs = set_specs(quick)
-    data = {name: warm(generate(specs[name])) for name in sets}
+    data = {name: generate(specs[name]) for name in sets}
     r = ForwardResults(machine_info(), versions(), quick,
                        {n: {"files": d.files, "bytes": d.bytes} for n, d in data.items()},
                        [], [], [])
@@ -1672,8 +1669,8 @@ def run_quota(quick: bool, lab: Lab) -> QuotaResults:
     """The tiny set into an appliance whose quota holds as many studies as the set has, then a
     second tiny set (new UIDs): each of its studies recycles one of the first set's."""
     spec = set_specs(quick)["tiny"]
-    first = warm(generate(spec))
-    second = warm(generate(replace(spec, name="tiny-b", first_study=0)))
+    first = generate(spec)
+    second = generate(replace(spec, name="tiny-b", first_study=0))
     r = QuotaResults(machine_info(), versions(), quick,
                      {"tiny": {"files": first.files, "bytes": first.bytes}}, [], 0, [])
     config = {"quota": {"max_studies": spec.studies}}

@@ -21,7 +21,8 @@ class Router(bottle.Router):  # type: ignore[misc]
         self._lock = threading.Lock()
 
     def _compile(self, method: str) -> None:
-        self._stale.add(method)
+        with self._lock:
+            self._stale.add(method)
 
     def compile(self) -> None:
         """Compile the patterns of the methods whose routes changed."""
