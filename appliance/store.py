@@ -38,6 +38,7 @@ from .index.tags import BadInstance, InstanceTags, read_instance_tags
 from .routing.rules import Planned, Rules
 from .storage.area import StorageArea, md5_file
 from .storage.governor import Governor
+from .storage.spool import Spooled
 
 log = logging.getLogger(__name__)
 
@@ -85,26 +86,29 @@ class Store:
 
     def stop(self) -> None:
         self.governor.stop()
+        self.area.spools.stop()
         self.writer.stop()
         self.db.close()
 
-    def receive(self, tmp_path: Path, origin: Origin, expected: Expected | None = None) -> Recorded:
+    def receive(self, tmp_path: Path, origin: Origin, expected: Expected | None = None,
+                spooled: Spooled | None = None) -> Recorded:
         """Make the received file ``tmp_path`` a durable, indexed instance (or raise
         ``BadInstance``), queued for the destinations its routes name. The file is consumed
-        either way."""
-        return self.receive_tagged(tmp_path, origin, expected)[0]
+        either way. ``spooled``: see ``receive_tagged``."""
+        return self.receive_tagged(tmp_path, origin, expected, spooled)[0]
 
     def receive_tagged(self, tmp_path: Path, origin: Origin, expected: Expected | None = None,
-                       md5: str | None = None) -> tuple[Recorded, InstanceTags]:
+                       spooled: Spooled | None = None) -> tuple[Recorded, InstanceTags]:
         """``receive``, also giving the tags read from the file (for answers that name the
-        instance's UIDs without asking the index). ``md5``: the file's digest, when the caller
-        hashed it while writing it (the file is then not read again for it)."""
+        instance's UIDs without asking the index). ``spooled``: what the caller learnt of the
+        file while writing it (its MD5 and size, and its head: the file is not read again)."""
         try:
-            tags = read_instance_tags(tmp_path)
+            tags = read_instance_tags(tmp_path, spooled)
             if expected is not None:
                 check_expected(tags, expected)
             self.admission(tags, origin, tmp_path)
-            info = FileInfo("", tmp_path.stat().st_size, md5 or md5_file(tmp_path))
+            info = (FileInfo("", spooled.size, spooled.md5) if spooled
+                    else FileInfo("", tmp_path.stat().st_size, md5_file(tmp_path)))
             planned = self.rules.match(tags, origin, tmp_path)
             reserved = self.governor.admit(info.size, tags)
         except BaseException:
@@ -125,7 +129,7 @@ class Store:
 
     def _store_file(self, tmp_path: Path, tags: InstanceTags, info: FileInfo, origin: Origin,
                     planned: list[Planned]) -> Recorded:
-        name = self.area.adopt(tmp_path)
+        name = self.area.adopt(tmp_path, info.size)
         overwrite = self.config.storage.duplicates == "overwrite"
         queued = [(p.route, p.destination, p.trigger) for p in planned]
         try:
@@ -147,9 +151,11 @@ class Store:
     def _record(self, tags: InstanceTags, info: FileInfo, origin: Origin, overwrite: bool,
                 new_file: str, queued: Sequence[Queued] = ()) -> Recorded:
         """Commit the row (``new_file``: the name of a file not yet flushed, or "")."""
-        recorded = self.writer.submit(
-            lambda: record_instance(tags, info, origin, overwrite, queued), new_file
-        ).result()
+        def record() -> Recorded:
+            return record_instance(tags, info, origin, overwrite, queued)
+
+        recorded = (self.writer.write_durably(record, new_file) if new_file
+                    else self.writer.run(record))
         for obsolete in (recorded.unused_file, recorded.replaced_file):
             if obsolete:
                 self.area.remove(obsolete)

@@ -38,6 +38,7 @@ from .conftest import (
     SUCCESS_LINE,
     ApplianceProcess,
     dcmtk,
+    leftovers,
     make_series,
     storescu,
     wait_for,
@@ -89,7 +90,7 @@ def files(app: ApplianceProcess) -> set[Path]:
 
 
 def temp_files(app: ApplianceProcess) -> list[Path]:
-    return sorted((app.data / "tmp").iterdir())
+    return leftovers(app.data)
 
 
 class Snapshot:

@@ -34,6 +34,7 @@ from .conftest import (
     SUCCESS_LINE,
     ApplianceProcess,
     dcmtk,
+    leftovers,
     make_series,
     storescu,
     wait_for,
@@ -78,8 +79,7 @@ def blobs(data: Path) -> list[Path]:
 
 
 def temp_files(data: Path) -> list[Path]:
-    tmp = data / "tmp"
-    return sorted(tmp.iterdir()) if tmp.exists() else []
+    return leftovers(data)
 
 
 def sop_uid(path: Path) -> str:

@@ -27,6 +27,7 @@ from .conftest import (
     ApplianceProcess,
     dcmtk,
     free_port,
+    leftovers,
     make_series,
     port_open,
     pydicom_file,
@@ -394,7 +395,7 @@ def test_get_into_the_store(peers: Peers, tmp_path: Path, name: str, files: str,
     fsck = subprocess.run([sys.executable, "-m", "appliance", "fsck", "--verify", "--data",
                            str(data)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert fsck.returncode == 0, fsck.stdout
-    assert not list((data / "tmp").iterdir())
+    assert not leftovers(data)
 
 
 def test_get_while_the_appliance_serves(peers: Peers, tmp_path: Path) -> None:

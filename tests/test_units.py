@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from appliance.config import ConfigError, load
+from appliance.index import rawscan
 from appliance.index.db import Unflushed, Writer, open_database
 from appliance.index.ids import orthanc_hash, public_ids
 from appliance.index.models import Unsynced
-from appliance.index.tags import BadInstance, read_instance_tags
+from appliance.index.tags import HEAD, WANTED_TAGS, BadInstance, read_instance_tags
 
 from .conftest import make_series, pydicom_file
 
@@ -93,6 +97,89 @@ def test_garbage_is_refused(tmp_path: Path) -> None:
         read_instance_tags(path)
 
 
+def _scanned_and_parsed(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object]:
+    """``read_instance_tags`` as the scan gives it, and as pydicom alone does (or the error)."""
+    def read() -> object:
+        try:
+            return read_instance_tags(path)
+        except BadInstance as exc:
+            return ("refused", str(exc), exc.status)
+
+    scanned = read()
+    with monkeypatch.context() as m:
+        m.setattr(rawscan, "scan", lambda *args: None)
+        parsed = read()
+    return scanned, parsed
+
+
+def _every_sample() -> list[Path]:
+    import pynetdicom
+    from pydicom.data import get_testdata_files
+
+    samples = [Path(p) for p in get_testdata_files("*.dcm")]
+    samples += sorted((Path(pynetdicom.__file__).parent / "tests" / "dicom_files").glob("*.dcm"))
+    return samples
+
+
+def test_the_header_scan_reads_what_pydicom_reads(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sample pydicom and pynetdicom ship: the same tags (or the same refusal) whether
+    the header is walked by ``rawscan`` or parsed by pydicom."""
+    samples = _every_sample() + make_series(tmp_path, 1)
+    assert len(samples) > 60
+    for path in samples:
+        scanned, parsed = _scanned_and_parsed(path, monkeypatch)
+        assert scanned == parsed, path.name
+
+
+@pytest.mark.parametrize("name", [
+    "CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm",
+    "SC_rgb_rle.dcm", "rtplan.dcm", "rtdose.dcm",
+])
+def test_the_header_scan_walks_every_common_encoding(name: str) -> None:
+    """Implicit and explicit VR, big endian, encapsulated pixel data, undefined-length
+    sequences: walked, not left to pydicom."""
+    data = pydicom_file(name).read_bytes()
+    header = rawscan.scan(data[:HEAD], len(data) <= HEAD, WANTED_TAGS)
+    assert header is not None
+    assert header.values[0x00080018][1]  # SOPInstanceUID
+
+
+def test_the_header_scan_skips_nested_undefined_lengths(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sequences and items of undefined length inside each other, with wanted tags after them
+    and a same-numbered tag inside them: the top-level value is the one read."""
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    (path,) = make_series(tmp_path, 1)
+    ds = dcmread(path)
+    inner = Dataset()
+    inner.PatientID = "NOT-THIS-ONE"
+    inner.is_undefined_length_sequence_item = True
+    outer = Dataset()
+    outer.ReferencedSeriesSequence = Sequence([inner])
+    outer["ReferencedSeriesSequence"].is_undefined_length = True
+    outer.is_undefined_length_sequence_item = True
+    ds.ReferencedStudySequence = Sequence([outer, Dataset()])
+    ds["ReferencedStudySequence"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    assert data.count(b"\xfe\xff\xdd\xe0") == 2  # two sequence delimiters
+    assert rawscan.scan(data, True, WANTED_TAGS) is not None
+    scanned, parsed = _scanned_and_parsed(path, monkeypatch)
+    assert scanned == parsed
+    assert read_instance_tags(path).patient["PatientID"] == "PAT1"
+
+
+def test_the_header_scan_leaves_odd_files_to_pydicom() -> None:
+    """Deflated, no file meta, no transfer syntax: pydicom reads them."""
+    for name in ("image_dfl.dcm", "no_meta.dcm", "meta_missing_tsyntax.dcm"):
+        data = pydicom_file(name).read_bytes()
+        assert rawscan.scan(data[:HEAD], len(data) <= HEAD, WANTED_TAGS) is None, name
+
+
 def test_writer_lists_unflushed_files_until_a_flush_succeeds(tmp_path: Path) -> None:
     """A batch with new files commits, then flushes; its files stay listed in ``unsynced``
     until a later batch follows a flush that succeeded. A failed flush is ``Unflushed``."""
@@ -107,16 +194,68 @@ def test_writer_lists_unflushed_files_until_a_flush_succeeds(tmp_path: Path) -> 
     writer.start()
     try:
         with pytest.raises(Unflushed):
-            writer.submit(lambda: None, "a").result(10)
+            writer.write_durably(lambda: None, "a")
         failing = False
-        writer.submit(lambda: None, "b").result(10)
+        writer.write_durably(lambda: None, "b")
         listed = writer.run(lambda: sorted(u.file for u in Unsynced.select()), 10)
         assert listed == ["a", "b"]  # "a" stays: no flush had succeeded before this batch
-        writer.submit(lambda: None, "c").result(10)
+        writer.write_durably(lambda: None, "c")
         assert writer.run(lambda: [u.file for u in Unsynced.select()], 10) == ["c"]
     finally:
         writer.stop()
         db.close()
+
+
+def test_writer_commits_while_a_flush_runs_and_one_flush_serves_those_waiting(
+        tmp_path: Path) -> None:
+    """``write_durably`` returns only after a flush that started after its commit. While one
+    caller flushes, the writer goes on committing, and one later flush serves every caller that
+    committed meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    db = open_database(tmp_path / "index.sqlite")
+    flushing, release = threading.Event(), threading.Event()
+    flushes: list[int] = []
+
+    def flush() -> None:
+        flushes.append(len(flushes))
+        flushing.set()
+        assert release.wait(10)
+
+    writer = Writer(db, flush)
+    writer.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(writer.write_durably, lambda: "a", "a")
+            assert flushing.wait(10)
+            later = [pool.submit(writer.write_durably, lambda n=n: n, n) for n in "bcd"]
+            assert writer.run(lambda: "committed", 10) == "committed"  # not held by the flush
+            time.sleep(0.2)
+            assert not first.done() and not any(f.done() for f in later)
+            release.set()
+            assert first.result(10) == "a"
+            assert [f.result(10) for f in later] == ["b", "c", "d"]
+        assert len(flushes) == 2  # b, c and d committed during the first: one more serves them
+    finally:
+        release.set()
+        writer.stop()
+        db.close()
+
+
+def test_temporary_files_are_made_ahead_and_removed_at_stop(tmp_path: Path) -> None:
+    from appliance.storage.area import MADE_AHEAD, TempFiles
+
+    spools = TempFiles(tmp_path)
+    fd, name = spools.take()
+    os.write(fd, b"data")
+    os.close(fd)
+    for _ in range(100):
+        if len(list(tmp_path.iterdir())) == MADE_AHEAD + 1:
+            break
+        time.sleep(0.05)
+    assert len(list(tmp_path.iterdir())) == MADE_AHEAD + 1
+    spools.stop()
+    assert [p.name for p in tmp_path.iterdir()] == [Path(name).name]  # the taken one stays
 
 
 def test_serve_keeps_numpy_out_and_the_rest_importable_afterwards() -> None:

@@ -25,11 +25,10 @@ import io
 import logging
 import socket
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, cast
 
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config
@@ -37,6 +36,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from ..health.metrics import DicomMetrics
+from ..storage.spool import SpoolFile
 from ..store import Expected, Store
 from . import fastfind, handlers
 from .fastfind import MAX_IDENTIFIER, EchoRequest, Finder, FindRequest
@@ -181,7 +181,7 @@ class Incoming:
     C-FIND's identifier kept in memory."""
 
     request: StoreRequest | FindRequest
-    file: IO[bytes]
+    file: SpoolFile | io.BytesIO
     path: Path | None = None
 
 
@@ -331,7 +331,7 @@ class Receiver:
         else:
             for piece in data:
                 incoming.file.write(piece)
-        if incoming.path is None and incoming.file.tell() > MAX_IDENTIFIER:
+        if isinstance(incoming.file, io.BytesIO) and incoming.file.tell() > MAX_IDENTIFIER:
             raise Malformed("a C-FIND identifier of more than 1 MB")
         if not control & LAST:
             return False
@@ -380,8 +380,8 @@ class Receiver:
         if isinstance(request, FindRequest):
             self.incoming = Incoming(request, io.BytesIO())
             return
-        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.store.area.tmp)
-        spool = open(fd, "wb")
+        fd, name = self.store.area.spools.take()
+        spool = SpoolFile(fd)
         self.incoming = Incoming(request, spool, Path(name))
         spool.write(file_meta(request.sop_class, request.sop_instance, request.transfer_syntax))
 
@@ -392,13 +392,14 @@ class Receiver:
         if isinstance(request, FindRequest):
             self._find(request, cast(io.BytesIO, incoming.file).getvalue())
             return
-        assert incoming.path is not None
-        incoming.file.close()
+        assert incoming.path is not None and isinstance(incoming.file, SpoolFile)
         status, comment = handlers.store_received(
             self.store, incoming.path, Expected(request.sop_class, request.sop_instance),
             handlers.origin_of(self.dul.assoc), self._peer(), self.metrics,
+            incoming.file.close(),
         )
-        incoming.path.unlink(missing_ok=True)  # as pynetdicom does after the handler
+        if status:  # the store consumes the file, unless it failed early
+            incoming.path.unlink(missing_ok=True)
         self._send(request.context_id, store_response(request, status, comment), None)
 
     def _find(self, request: FindRequest, identifier: bytes) -> None:

@@ -16,6 +16,7 @@ from pynetdicom.events import Event
 from ..health.metrics import DicomMetrics
 from ..index.ingest import Origin
 from ..index.tags import BadInstance
+from ..storage.spool import Spooled
 from ..store import Expected, Store
 
 log = logging.getLogger("appliance.dicom")
@@ -69,15 +70,17 @@ def handle_store(event: Event, store: Store, metrics: DicomMetrics) -> int | Dat
 
 
 def store_received(store: Store, path: Path, expected: Expected, origin: Origin,
-                   sender: str, metrics: DicomMetrics | None) -> tuple[int, str]:
+                   sender: str, metrics: DicomMetrics | None,
+                   spooled: Spooled | None = None) -> tuple[int, str]:
     """Hand a spooled C-STORE dataset to the store (which consumes ``path``); return the
     C-STORE status (PS3.4 B.2.3) and an error comment ("" on success). Shared by
     ``handle_store``, the fast path (``faststore``) and our own C-GET (``receiver``; no
-    ``metrics`` from the command line)."""
+    ``metrics`` from the command line). ``spooled``: what was learnt of the file as it was
+    written."""
     started = time.perf_counter()
     try:
         size = path.stat().st_size
-        store.receive(path, origin, expected)
+        store.receive(path, origin, expected, spooled)
     except BadInstance as exc:
         log.warning(
             "C-STORE of %s from %s refused (0x%04X): %s",

@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,8 +78,8 @@ def add_missing_columns(db: SqliteDatabase) -> None:
 
 
 Job = Callable[[], Any]
-Item = tuple[Job, "Future[Any]", str]  # the job, its result, the new file its row points to
 MARK_UNSYNCED = "INSERT OR IGNORE INTO unsynced (file) VALUES (?)"
+UNLIST_UNSYNCED = "DELETE FROM unsynced WHERE file = ?"
 
 
 class Unflushed(OSError):
@@ -86,18 +87,33 @@ class Unflushed(OSError):
     files listed in ``unsynced``), so their files must stay too."""
 
 
+@dataclass
+class Pending:
+    """A job waiting for the writer, and its result."""
+
+    job: Job
+    future: Future[Any]
+    new_file: str = ""  # the storage name of the new file its row points to
+    batch: int = 0  # set at commit when ``new_file``: the number of its file batch
+
+
 class Writer:
     """The one thread that writes the index; ``submit`` returns a future of the job's result.
 
-    A job whose row will point to a new file names it. Such a batch commits with
-    ``synchronous=NORMAL`` (the WAL is written, not flushed), then ``flush_files`` (a
-    ``syncfs``) makes the batch's files, their folders *and* that commit durable in one device
-    flush, where flushing the files before the commit costs a second flush per batch. No future
-    resolves before the flush returns, so nothing is acknowledged early. A power cut during the
-    flush can keep a committed row whose file did not reach the disk (never an acknowledged
-    one): the batch lists its files in ``unsynced``, for reconciliation to check, and the next
-    batch after a completed flush clears the list. Other batches commit with
-    ``synchronous=FULL``.
+    A job whose row points to a new file goes through ``write_durably``. Its batch commits
+    with ``synchronous=NORMAL`` (the WAL is written, not flushed); then a flush
+    (``flush_files``, a ``syncfs``) makes the batch's files, their folders *and* that commit
+    durable in one device flush, where flushing the files before the commit costs a second
+    flush per batch. The flush is run by the waiting caller, not by the writer: the writer
+    commits the next batch meanwhile, and one flush serves every batch committed before it
+    started (the first caller to get the flush lock flushes; those behind it find their batch
+    flushed). No caller returns before a flush that started after its commit, so nothing is
+    acknowledged early.
+
+    A power cut during a flush can keep a committed row whose file did not reach the disk
+    (never an acknowledged one): the batch lists its files in ``unsynced``, for reconciliation
+    to check, and the first batch after a flush that succeeded unlists what that flush made
+    durable. Other batches commit with ``synchronous=FULL``.
     """
 
     def __init__(
@@ -112,30 +128,52 @@ class Writer:
         self.on_rollback = on_rollback  # caches of the writer's own must forget rolled-back rows
         self.max_batch = max_batch
         # the C queue: a put costs a fraction of ``queue.Queue``'s (one per received instance)
-        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self._synchronous = PRAGMAS["synchronous"]
-        self._flushed = False  # the files listed in ``unsynced`` are durable: clear the list
+        self._batches = 0  # file batches committed, numbered from 1
+        self._listed: list[tuple[int, list[str]]] = []  # (batch, its files) still in ``unsynced``
+        self._flush_lock = threading.Lock()
+        self._durable_up_to = 0  # every file batch up to this one has been flushed
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, job: Callable[[], T], new_file: str = "") -> Future[T]:
-        """Queue ``job``; ``new_file``: the storage name of the new file its row points to."""
-        fut: Future[T] = Future()
-        self._queue.put((job, fut, new_file))
-        return fut
+    def submit(self, job: Callable[[], T]) -> Future[T]:
+        """Queue ``job``; its future resolves once its batch is committed."""
+        return self._queue_job(job).future
 
     def run(self, job: Callable[[], T], timeout: float | None = None) -> T:
         """Run ``job`` in the writer and wait for its committed result."""
         return self.submit(job).result(timeout)
+
+    def write_durably(self, job: Callable[[], T], new_file: str) -> T:
+        """Run ``job``, whose row points to the new file ``new_file``, and return its result
+        once that row and that file are durable; raises ``Unflushed`` if the flush fails."""
+        pending = self._queue_job(job, new_file)
+        value: T = pending.future.result()
+        with self._flush_lock:
+            if self._durable_up_to < pending.batch:
+                covered = self._batches  # every batch committed before this flush
+                try:
+                    self.flush_files()
+                except OSError as exc:
+                    log.exception("the flush after a commit failed")
+                    raise Unflushed(f"the flush after a commit failed: {exc}") from exc
+                self._durable_up_to = covered
+        return value
 
     def stop(self) -> None:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
 
-    def _take_batch(self) -> tuple[list[Item], bool]:
+    def _queue_job(self, job: Job, new_file: str = "") -> Pending:
+        pending = Pending(job, Future(), new_file)
+        self._queue.put(pending)
+        return pending
+
+    def _take_batch(self) -> tuple[list[Pending], bool]:
         first = self._queue.get()
         if first is None:
             return [], True
@@ -160,28 +198,31 @@ class Writer:
                 break
         self.db.close()
 
-    def _commit(self, batch: list[Item]) -> None:
+    def _commit(self, batch: list[Pending]) -> None:
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
-        files = [new_file for _, _, new_file in batch if new_file]
+        files = [item.new_file for item in batch if item.new_file]
         try:
             self._set_synchronous("normal" if files else "full")
             with self.db.atomic("IMMEDIATE"):
-                if files:
-                    self._mark_unsynced(files)
-                for job, fut, _ in batch:
+                unlisted = self._list_unsynced(files) if files else 0
+                for item in batch:
                     try:
-                        results.append((fut, self._run_job(job), None))
+                        results.append((item.future, self._run_job(item.job), None))
                     except Exception as exc:  # the job's own failure, reported to its caller
                         self.on_rollback()
-                        results.append((fut, None, exc))
-            if files:
-                self._flush()
-        except Exception as exc:  # the commit or the flush failed: the batch is not durable
+                        results.append((item.future, None, exc))
+        except Exception as exc:  # the commit failed: nothing of the batch is recorded
             self.on_rollback()
             log.exception("index commit failed for a batch of %d", len(batch))
-            for _, fut, _ in batch:
-                fut.set_exception(exc)
+            for item in batch:
+                item.future.set_exception(exc)
             return
+        if files:
+            del self._listed[:unlisted]
+            self._batches += 1
+            self._listed.append((self._batches, files))
+            for item in batch:
+                item.batch = self._batches
         for fut, value, error in results:
             if error is not None:
                 fut.set_exception(error)
@@ -206,17 +247,14 @@ class Writer:
             self.db.execute_sql(f"PRAGMA synchronous = {mode}")
             self._synchronous = mode
 
-    def _flush(self) -> None:
-        try:
-            self.flush_files()
-        except OSError as exc:
-            raise Unflushed(f"the flush after a commit failed: {exc}") from exc
-        self._flushed = True
-
-    def _mark_unsynced(self, files: list[str]) -> None:
-        """List this batch's files (inside its transaction), after clearing the files of
-        earlier batches if a flush has made them durable since."""
-        if self._flushed:
-            self.db.execute_sql("DELETE FROM unsynced")
-            self._flushed = False
-        self.db.cursor().executemany(MARK_UNSYNCED, [(name,) for name in files])
+    def _list_unsynced(self, files: list[str]) -> int:
+        """List this batch's files in ``unsynced`` (inside its transaction), and unlist those
+        of earlier batches that a flush has made durable since; returns how many of the
+        batches ``_listed`` holds were unlisted."""
+        durable_up_to = self._durable_up_to
+        done = [batch_files for batch, batch_files in self._listed if batch <= durable_up_to]
+        cursor = self.db.cursor()
+        if done:
+            cursor.executemany(UNLIST_UNSYNCED, [(name,) for names in done for name in names])
+        cursor.executemany(MARK_UNSYNCED, [(name,) for name in files])
+        return len(done)

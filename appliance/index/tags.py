@@ -17,14 +17,16 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS
 
-IN_MEMORY = 64 * 1024  # bytes: files up to this size are read whole before parsing
+from ..storage.spool import HEAD, Spooled
+from . import rawscan
+from .rawscan import Values
+
 PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs")
 STUDY_TAGS = (
     "StudyDate", "StudyTime", "StudyID", "StudyDescription", "AccessionNumber",
@@ -49,11 +51,13 @@ OTHER_TAGS = ("SOPClassUID", "SpecificCharacterSet")
 UNDEFINED = 0xFFFFFFFF
 LONG_VRS = {vr.encode() for vr in "OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()}
 
-KEYWORD_TAGS: dict[str, BaseTag] = {
-    k: Tag(k)
+KEYWORD_TAGS: dict[str, int] = {  # plain ints: a BaseTag compares in Python, slowly
+    k: int(Tag(k))
     for k in PATIENT_TAGS + STUDY_TAGS + SERIES_TAGS + INSTANCE_TAGS + OTHER_TAGS
 }
-WANTED: list[BaseTag] = list(KEYWORD_TAGS.values())
+WANTED: list[BaseTag] = [Tag(tag) for tag in KEYWORD_TAGS.values()]
+WANTED_TAGS = frozenset(KEYWORD_TAGS.values())
+CHARSET = KEYWORD_TAGS["SpecificCharacterSet"]
 TEXT_VRS = {"PN", "LO", "SH", "ST", "LT", "UC", "UT"}
 
 
@@ -104,17 +108,16 @@ def _decode(raw: bytes, vr: str, encodings: list[str], little: bool) -> str:
     return raw.decode("ascii", "replace").strip("\x00 ")
 
 
-def _level(ds: Dataset, keywords: tuple[str, ...], encodings: list[str], little: bool,
+def _level(values: Values, keywords: tuple[str, ...], encodings: list[str], little: bool,
            implicit: bool) -> dict[str, str]:
     """The tags of one level, converted straight from the raw bytes (no pydicom conversion)."""
     out = {}
     for keyword in keywords:
         tag = KEYWORD_TAGS[keyword]
-        if tag not in ds:
+        if tag not in values:
             continue
-        elem = ds.get_item(tag)
-        vr = (elem.VR if not implicit and elem.VR else None) or dictionary_VR(tag)
-        value = elem.value
+        explicit_vr, value = values[tag]
+        vr = (explicit_vr if not implicit and explicit_vr else None) or dictionary_VR(tag)
         if vr == "SQ":
             continue
         if isinstance(value, bytes):
@@ -122,17 +125,48 @@ def _level(ds: Dataset, keywords: tuple[str, ...], encodings: list[str], little:
         elif value is None:
             out[keyword] = ""
         else:  # already converted by pydicom (e.g. SpecificCharacterSet)
-            values = value if isinstance(value, MultiValue) else [value]
-            out[keyword] = "\\".join(map(str, values))
+            terms = value if isinstance(value, MultiValue) else [value]
+            out[keyword] = "\\".join(map(str, terms))
     return out
 
 
-def check_tail(f: BinaryIO, size: int, ds: Dataset) -> None:
+def _read_header(source: BinaryIO, head: bytes, size: int) -> tuple[rawscan.Header, UID]:
+    """The header walked from ``head`` (rawscan) or parsed by pydicom from ``source`` (in
+    memory when ``head`` is the whole file: pydicom's many reads would be syscalls), then the
+    rest of the file checked."""
+    header = rawscan.scan(head, len(head) == size, WANTED_TAGS) or _parse(source)
+    source.seek(header.end)
+    ts = UID(header.transfer_syntax or ImplicitVRLittleEndian)
+    check_tail(source, size, ts)
+    return header, ts
+
+
+def _parse(source: BinaryIO) -> rawscan.Header:
+    """The header as pydicom reads it (the files ``rawscan`` leaves to it)."""
+    source.seek(0)
+    ds = dcmread(source, stop_before_pixels=True, specific_tags=WANTED)
+    values: Values = {int(tag): (elem.VR, elem.value) for tag in WANTED_TAGS
+                      if tag in ds and (elem := ds.get_item(tag)) is not None}
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    return rawscan.Header(str(syntax) if syntax else "", values, source.tell())
+
+
+def _encodings(values: Values) -> list[str]:
+    """The Python codecs of the dataset's Specific Character Set."""
+    value = values.get(CHARSET, (None, None))[1]
+    if isinstance(value, bytes):
+        terms = [term.strip(" \0") for term in value.decode("ascii", "replace").split("\\")]
+    elif isinstance(value, str):
+        terms = [value]
+    else:
+        terms = [str(term) for term in value or ()]  # type: ignore[attr-defined]
+    return convert_encodings(terms if any(terms) else ["ISO_IR 6"])
+
+
+def check_tail(f: BinaryIO, size: int, ts: UID) -> None:
     """Check that the elements after the parsed header (the pixel data and any trailer) fit in
     the file, without reading them: a truncated object must not be acknowledged.
     """
-    meta = ds.file_meta
-    ts = UID(str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
     if ts == DeflatedExplicitVRLittleEndian:
         return  # inflated while parsing: truncation already raised by zlib
     endian = "<" if ts.is_little_endian else ">"
@@ -181,27 +215,27 @@ def _skip_items(f: BinaryIO, pos: int, size: int, endian: str) -> int:
         f.seek(pos)
 
 
-def read_instance_tags(path: Path) -> InstanceTags:
-    """Parse the index tags of a Part 10 file; raise ``BadInstance`` with a reason otherwise."""
+def read_instance_tags(path: Path, spooled: Spooled | None = None) -> InstanceTags:
+    """Parse the index tags of a Part 10 file; raise ``BadInstance`` with a reason otherwise.
+    ``spooled``: what its writer kept of it (a whole small file is then not read again)."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            # a small file is parsed from memory: pydicom's many seeks and reads are syscalls
-            source = io.BytesIO(f.read()) if size <= IN_MEMORY else f
-            ds = dcmread(source, stop_before_pixels=True, specific_tags=WANTED)
-            check_tail(source, size, ds)
-        ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
-        charset = ds.get("SpecificCharacterSet") or "ISO_IR 6"
-        encodings = convert_encodings([charset] if isinstance(charset, str) else charset)
-        args = (encodings, ts.is_little_endian, ts.is_implicit_VR)
-        other = _level(ds, OTHER_TAGS, *args)
+        if spooled is not None and spooled.whole:
+            header, ts = _read_header(io.BytesIO(spooled.head), spooled.head, spooled.size)
+        else:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(HEAD)
+                header, ts = _read_header(io.BytesIO(head) if len(head) == size else f, head,
+                                          size)
+        args = (_encodings(header.values), ts.is_little_endian, ts.is_implicit_VR)
+        other = _level(header.values, OTHER_TAGS, *args)
         tags = InstanceTags(
-            patient=_level(ds, PATIENT_TAGS, *args),
-            study=_level(ds, STUDY_TAGS, *args),
-            series=_level(ds, SERIES_TAGS, *args),
-            instance=_level(ds, INSTANCE_TAGS, *args),
+            patient=_level(header.values, PATIENT_TAGS, *args),
+            study=_level(header.values, STUDY_TAGS, *args),
+            series=_level(header.values, SERIES_TAGS, *args),
+            instance=_level(header.values, INSTANCE_TAGS, *args),
             sop_class_uid=other.get("SOPClassUID", ""),
-            transfer_syntax=str(ts) if "TransferSyntaxUID" in ds.file_meta else "",
+            transfer_syntax=header.transfer_syntax,
         )
     except BadInstance:
         raise

@@ -4,7 +4,6 @@ are read from files as they are sent (stored files joined into one file that wai
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import uuid
@@ -16,10 +15,11 @@ from itertools import accumulate
 from pathlib import Path
 from typing import TypeVar
 
+from ...storage.spool import Spooled, SpoolFile
+
 CHUNK = 1 << 20  # bytes read at a time: fewer, larger scans for the boundary
 MAX_HEADERS = 16 * 1024
 T = TypeVar("T")
-HEAD = 64 * 1024  # bytes of each part kept in memory (its UIDs, should it be refused)
 
 
 class Malformed(ValueError):
@@ -40,23 +40,7 @@ class Part:
 
     media: str  # its media type, without parameters (RFC 2045 5.2: text/plain if none)
     path: Path
-    md5: str  # of the body, hashed as it was written (the store need not read it again)
-    head: bytes  # its first bytes, for a look at the header without opening the file
-
-
-class _PartFile:
-    """A part's body on its way to disk: written once, hashed and its head kept meanwhile."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = open(path, "xb")
-        self.md5 = hashlib.md5()
-        self.head = bytearray()
-
-    def write(self, data: bytes | memoryview) -> None:
-        if len(self.head) < HEAD:
-            self.head += data[:HEAD - len(self.head)]
-        self.file.write(data)
-        self.md5.update(data)
+    spooled: Spooled  # its MD5, size and head (for a look at its UIDs, should it be refused)
 
 
 class Splitter:
@@ -81,13 +65,15 @@ class Splitter:
             media = self._media()
             path = self.new_file()
             try:
-                out = _PartFile(path)
-                with out.file:
+                out = SpoolFile(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                try:
                     self._body(out)
+                finally:
+                    spooled = out.close()
             except BaseException:
                 path.unlink(missing_ok=True)
                 raise
-            yield Part(media, path, out.md5.hexdigest(), bytes(out.head))
+            yield Part(media, path, spooled)
 
     def _chunk(self) -> bytes:
         chunk = self.read(CHUNK)
@@ -143,7 +129,7 @@ class Splitter:
                 return value.split(b";")[0].strip().lower().decode("latin-1")
         return "text/plain"
 
-    def _body(self, out: _PartFile) -> None:
+    def _body(self, out: SpoolFile) -> None:
         """Write up to the next separator; a separator may straddle two chunks."""
         separator, reach = self.separator, len(self.separator) - 1
         while (at := self.buf.find(separator, self.pos)) < 0:

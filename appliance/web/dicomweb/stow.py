@@ -101,14 +101,14 @@ def store_part(store: Store, part: Part, study: str | None, came: Origin) -> Out
             part.path.unlink(missing_ok=True)
             return Outcome(*uids, MISMATCH)
     try:
-        _, tags = store.receive_tagged(part.path, came, md5=part.md5)
+        _, tags = store.receive_tagged(part.path, came, spooled=part.spooled)
     except BadInstance as exc:
-        uids = _peek(part.head)
+        uids = _peek(part.spooled.head)
         log.warning("STOW-RS: %s refused (0x%04X): %s", uids[1] or part.path.name, exc.status,
                     exc)
         return Outcome(*uids, exc.status)
     except Exception:
-        uids = _peek(part.head)
+        uids = _peek(part.spooled.head)
         log.exception("STOW-RS: %s not stored", uids[1] or part.path.name)
         return Outcome(*uids, PROCESSING_FAILURE)
     return Outcome(tags.sop_class_uid, tags.sop_uid, tags.study_uid, tags.series_uid, None)
