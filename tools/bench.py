@@ -56,7 +56,7 @@ STOP_TIMEOUT = 60.0
 SEND_TIMEOUT = 3600.0
 VERIFY_TIMEOUT = 120.0
 IDLE_SECONDS = 10.0
-STORES_GIB = 32  # size of the journaled filesystem (sparse: it takes what the stores hold)
+STORES_GIB = 16  # size of the journaled filesystem (sparse: it takes what the stores hold)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Debian's DCMTK (storescu, and storescp and Orthanc on the receiving side) leaves Nagle's
@@ -522,7 +522,10 @@ def journaled_filesystem(kind: str) -> Iterator[Path | None]:
     mount.mkdir()
     try:
         subprocess.run(["truncate", "-s", f"{STORES_GIB}G", str(image)], check=True)
-        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+        # inode tables and journal written now: lazily, the kernel would write them in the
+        # background through the first cells
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                        str(image)], check=True)
         subprocess.run(["mount", "-o", "loop,discard", str(image), str(mount)], check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         shutil.rmtree(work, ignore_errors=True)

@@ -79,7 +79,7 @@ def store_received(store: Store, path: Path, expected: Expected, origin: Origin,
     written."""
     started = time.perf_counter()
     try:
-        size = path.stat().st_size
+        size = spooled.size if spooled else path.stat().st_size
         store.receive(path, origin, expected, spooled)
     except BadInstance as exc:
         log.warning(

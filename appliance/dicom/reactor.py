@@ -86,6 +86,7 @@ class EventDUL(DULServiceProvider):
         self.to_user_queue = NotifyingQueue(assoc_activity.set)
         self._assoc_activity = assoc_activity
         self._sleeping = False
+        self._readable = False  # the last ``_wait`` found the socket readable
         self._io_lock = threading.Lock()  # held while this thread reads the socket
         self.held = False  # another thread owns the socket's reads (``fastsend``)
 
@@ -111,7 +112,16 @@ class EventDUL(DULServiceProvider):
 
     def _transport_event(self) -> bool:
         with self._io_lock:
-            return not self.held and self._is_transport_event()
+            if self.held:
+                return False
+            if self._readable and self.state_machine.current_state == "Sta6":
+                # ``_wait``'s select has just said so, and only this thread reads: no second
+                # select (pynetdicom's ``ready``) before each PDU
+                self._readable = False
+                self._read_pdu_data()
+                return True
+            self._readable = False
+            return self._is_transport_event()
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -123,6 +133,7 @@ class EventDUL(DULServiceProvider):
         ``_sleeping`` is raised before the queues are looked at: a ``put`` that the look misses
         sees the flag and writes the eventfd, so no wake-up is ever lost.
         """
+        self._readable = False
         sock = self.socket.socket if self.socket is not None else None
         fds: list[Any] = [self._efd]
         if sock is not None and self.socket._is_connected and not self.held:  # type: ignore[union-attr]
@@ -138,6 +149,7 @@ class EventDUL(DULServiceProvider):
             return
         finally:
             self._sleeping = False
+        self._readable = sock is not None and sock in ready
         if self._efd in ready:
             try:
                 os.eventfd_read(self._efd)
