@@ -86,7 +86,6 @@ class Store:
 
     def stop(self) -> None:
         self.governor.stop()
-        self.area.spools.stop()
         self.writer.stop()
         self.db.close()
 

@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 import requests
 
-from appliance.storage.area import SPARE_PREFIX
-
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -234,20 +232,6 @@ def pynetdicom_file(name: str) -> Path:
     import pynetdicom
 
     return Path(pynetdicom.__file__).parent / "tests" / "dicom_files" / name
-
-
-def leftovers(data: Path) -> list[Path]:
-    """What receptions left in the store's ``tmp/``: the empty spare files the appliance makes
-    ahead for them are not leftovers (a reception writes the file meta first thing)."""
-    tmp = data / "tmp"
-    return sorted(p for p in (tmp.iterdir() if tmp.exists() else ()) if not _spare(p))
-
-
-def _spare(path: Path) -> bool:
-    try:
-        return path.name.startswith(SPARE_PREFIX) and path.stat().st_size == 0
-    except FileNotFoundError:
-        return True  # gone meanwhile: not left over
 
 
 def make_series(folder: Path, count: int, patient_id: str = "PAT1", study_uid: str | None = None,

@@ -38,7 +38,6 @@ from .conftest import (
     SUCCESS_LINE,
     ApplianceProcess,
     dcmtk,
-    leftovers,
     make_series,
     storescu,
     wait_for,
@@ -90,7 +89,7 @@ def files(app: ApplianceProcess) -> set[Path]:
 
 
 def temp_files(app: ApplianceProcess) -> list[Path]:
-    return leftovers(app.data)
+    return sorted((app.data / "tmp").iterdir())
 
 
 class Snapshot:

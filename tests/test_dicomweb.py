@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from .conftest import ApplianceProcess, leftovers, make_series, pydicom_file, storescu
+from .conftest import ApplianceProcess, make_series, pydicom_file, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ def test_stow_reports_failures_per_instance(appliance: ApplianceProcess,
     reasons = [i.FailureReason for i in Dataset.from_json(r.json()).FailedSOPSequence]
     assert reasons == [0xA900, 0xA900, 0xA900]
     assert appliance.statistics()["CountInstances"] == 2
-    assert leftovers(appliance.data) == []
+    assert list((appliance.data / "tmp").iterdir()) == []
 
 
 def app_get(app: ApplianceProcess, url: str, **kw: Any) -> requests.Response:
@@ -125,7 +125,7 @@ def test_malformed_stow_is_refused_and_stores_nothing(appliance: ApplianceProces
     response, expected = status[case]
     assert response.status_code == expected, response.text
     assert appliance.statistics()["CountInstances"] == 0
-    assert leftovers(appliance.data) == []
+    assert list((appliance.data / "tmp").iterdir()) == []
 
 
 def test_qido_and_wado_errors(appliance: ApplianceProcess, tmp_path: Path) -> None:

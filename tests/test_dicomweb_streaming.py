@@ -12,7 +12,7 @@ import pytest
 import requests
 from pydicom import dcmread
 
-from .conftest import ApplianceProcess, leftovers, make_series
+from .conftest import ApplianceProcess, make_series
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def test_large_chunked_upload_is_stored_in_flat_memory(appliance: ApplianceProce
     grown_mb = (peak_rss_kb(appliance) - before) / 1024
     assert grown_mb < 64, f"peak RSS grew by {grown_mb:.0f} MB for a 300 MB upload"
     assert appliance.statistics()["CountInstances"] == 6
-    assert leftovers(appliance.data) == []
+    assert list((appliance.data / "tmp").iterdir()) == []
 
 
 def test_uploads_over_the_limit_are_refused_and_store_nothing(appliance_factory: object,
@@ -80,7 +80,7 @@ def test_uploads_over_the_limit_are_refused_and_store_nothing(appliance_factory:
     r = stow(app, body(files))  # the session goes on (a new connection if need be)
     assert r.status_code == 200, r.text[:300]
     assert app.statistics()["CountInstances"] == 6
-    assert leftovers(app.data) == []
+    assert list((app.data / "tmp").iterdir()) == []
 
 
 def start_upload(app: ApplianceProcess, part: bytes) -> socket.socket:
@@ -98,8 +98,8 @@ def test_client_gone_mid_upload_leaves_nothing(appliance: ApplianceProcess,
                                                tmp_path: Path) -> None:
     part = make_series(tmp_path / "s", 1, size=512)[0].read_bytes()
     with start_upload(appliance, part):
-        wait_until(lambda: leftovers(appliance.data))  # the part is being written
-    wait_until(lambda: not leftovers(appliance.data))
+        wait_until(lambda: any((appliance.data / "tmp").iterdir()))  # the part is being written
+    wait_until(lambda: not any((appliance.data / "tmp").iterdir()))
     assert appliance.statistics()["CountInstances"] == 0
 
 
@@ -110,14 +110,14 @@ def test_stalled_uploads_leave_the_server_answering(appliance: ApplianceProcess,
     files = [p.read_bytes() for p in make_series(tmp_path / "s", 3, size=512)]
     stalled = [start_upload(appliance, files[0]) for _ in range(6)]
     try:
-        wait_until(lambda: len(leftovers(appliance.data)) == 4)  # the limit
+        wait_until(lambda: len(list((appliance.data / "tmp").iterdir())) == 4)  # the limit
         assert appliance.session.get(f"{appliance.url}/statistics", timeout=30).ok
         assert stow(appliance, body(files)).status_code == 200
         assert appliance.statistics()["CountInstances"] == 3
     finally:
         for sock in stalled:
             sock.close()
-    wait_until(lambda: not leftovers(appliance.data))
+    wait_until(lambda: not any((appliance.data / "tmp").iterdir()))
 
 
 def test_connection_serves_requests_after_streamed_ones(appliance: ApplianceProcess,

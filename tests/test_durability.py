@@ -34,7 +34,6 @@ from .conftest import (
     SUCCESS_LINE,
     ApplianceProcess,
     dcmtk,
-    leftovers,
     make_series,
     storescu,
     wait_for,
@@ -79,7 +78,8 @@ def blobs(data: Path) -> list[Path]:
 
 
 def temp_files(data: Path) -> list[Path]:
-    return leftovers(data)
+    tmp = data / "tmp"
+    return sorted(tmp.iterdir()) if tmp.exists() else []
 
 
 def sop_uid(path: Path) -> str:

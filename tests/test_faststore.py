@@ -48,7 +48,7 @@ from appliance.dicom import fastfind, faststore
 from appliance.dicom.faststore import PduBody, StoreRequest
 from appliance.dicom.pdu import Malformed, command_pdus, parse_command, split_pdvs
 
-from .conftest import ApplianceProcess, leftovers, make_series, storescu, wait_for
+from .conftest import ApplianceProcess, make_series, storescu, wait_for
 
 SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.12345678901234567890123"  # odd length: padded
@@ -240,7 +240,8 @@ def stored_file(app: ApplianceProcess, sop_instance: str) -> bytes:
 
 
 def temp_files(app: ApplianceProcess) -> list[Path]:
-    return leftovers(app.data)
+    tmp = app.data / "tmp"
+    return sorted(tmp.iterdir()) if tmp.exists() else []
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "pynetdicom"])

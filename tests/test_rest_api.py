@@ -18,7 +18,6 @@ from .conftest import (
     ADMIN,
     ADMIN_PASSWORD,
     ApplianceProcess,
-    leftovers,
     make_series,
     pydicom_file,
     storescu,
@@ -199,5 +198,5 @@ def test_errors_unknown_ids_non_dicom_and_oversize(appliance_factory: Any,
     r = post(app, "/instances", data=(c for c in [big.read_bytes()]))  # chunked, no length
     assert r.status_code == 413
     assert app.statistics()["CountInstances"] == 0
-    assert leftovers(app.data) == [], "uploads leave nothing behind"
+    assert list((app.data / "tmp").iterdir()) == [], "uploads leave nothing behind"
     assert app.get("/changes?last").json()["Changes"] == []

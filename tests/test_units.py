@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -240,22 +239,6 @@ def test_writer_commits_while_a_flush_runs_and_one_flush_serves_those_waiting(
         release.set()
         writer.stop()
         db.close()
-
-
-def test_temporary_files_are_made_ahead_and_removed_at_stop(tmp_path: Path) -> None:
-    from appliance.storage.area import MADE_AHEAD, TempFiles
-
-    spools = TempFiles(tmp_path)
-    fd, name = spools.take()
-    os.write(fd, b"data")
-    os.close(fd)
-    for _ in range(100):
-        if len(list(tmp_path.iterdir())) == MADE_AHEAD + 1:
-            break
-        time.sleep(0.05)
-    assert len(list(tmp_path.iterdir())) == MADE_AHEAD + 1
-    spools.stop()
-    assert [p.name for p in tmp_path.iterdir()] == [Path(name).name]  # the taken one stays
 
 
 def test_serve_keeps_numpy_out_and_the_rest_importable_afterwards() -> None:

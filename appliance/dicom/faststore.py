@@ -25,6 +25,7 @@ import io
 import logging
 import socket
 import struct
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,7 +381,7 @@ class Receiver:
         if isinstance(request, FindRequest):
             self.incoming = Incoming(request, io.BytesIO())
             return
-        fd, name = self.store.area.spools.take()
+        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.store.area.tmp)
         spool = SpoolFile(fd)
         self.incoming = Incoming(request, spool, Path(name))
         spool.write(file_meta(request.sop_class, request.sop_instance, request.transfer_syntax))

@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import logging
 import os
-import queue
 import re
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,10 +26,7 @@ from pathlib import Path
 NAME = re.compile(r"^[0-9]{10}[0-9a-f]{32}$")
 HASH_CHUNK = 1 << 20
 FSYNC_ALONE = 4 << 20  # bytes: files this large are fsynced on their own
-MADE_AHEAD = 8  # empty temporary files kept ready for receptions
-SPARE_PREFIX = "spare-"  # their names (an empty one is not a leftover of a reception)
 _libc = ctypes.CDLL(None, use_errno=True)
-log = logging.getLogger(__name__)
 
 
 class StorageArea:
@@ -43,7 +36,6 @@ class StorageArea:
         self.tmp = root / "tmp"
         self.files.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.spools = TempFiles(self.tmp)
 
     def path(self, name: str) -> Path:
         if not NAME.match(name):
@@ -134,70 +126,3 @@ def md5_file(path: Path) -> str:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-class TempFiles:
-    """Empty files in ``tmp/``, made ahead by a thread of their own, for receptions to spool
-    into.
-
-    Creating a file waits for the journal: while the writer's flushes commit it back to back,
-    an ``open(O_CREAT)`` took 0.4 ms on average and up to 4.6 ms (strace, four associations),
-    where writing the data took 0.03 ms. Made ahead, that wait is off the path of every
-    instance. The thread starts with the first reception (after start-up reconciliation has
-    emptied ``tmp/``) and sleeps while ``MADE_AHEAD`` files are ready; files left by a crash
-    are removed with the rest of ``tmp/`` at the next start.
-    """
-
-    def __init__(self, folder: Path, ahead: int = MADE_AHEAD) -> None:
-        self.folder = folder
-        self._ready: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
-        self._free = threading.Semaphore(ahead)  # files still to make
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="temp-files", daemon=True)
-        self._starting = threading.Lock()
-
-    def take(self) -> tuple[int, str]:
-        """An open, empty file (descriptor, path), made now if none is ready."""
-        if not self._thread.is_alive():
-            self._start()
-        try:
-            made = self._ready.get_nowait()
-        except queue.Empty:
-            return self._make()
-        self._free.release()
-        return made
-
-    def _start(self) -> None:
-        with self._starting:
-            if not self._stopping and self._thread.ident is None:
-                self._thread.start()
-
-    def stop(self) -> None:
-        with self._starting:
-            self._stopping = True
-        if not self._thread.is_alive():
-            return
-        self._free.release()
-        self._thread.join()
-        while True:
-            try:
-                fd, name = self._ready.get_nowait()
-            except queue.Empty:
-                return
-            os.close(fd)
-            Path(name).unlink(missing_ok=True)
-
-    def _make(self) -> tuple[int, str]:
-        return tempfile.mkstemp(suffix=".dcm", prefix=SPARE_PREFIX, dir=self.folder)
-
-    def _run(self) -> None:
-        while True:
-            self._free.acquire()
-            if self._stopping:
-                return
-            try:
-                self._ready.put(self._make())
-            except OSError as exc:  # ``take`` makes its own, and reports the error
-                log.warning("cannot make a temporary file ahead: %s", exc)
-                self._free.release()
-                time.sleep(1.0)
