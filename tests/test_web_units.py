@@ -39,9 +39,10 @@ def test_parts_survive_any_chunking(tmp_path: Path, size: int) -> None:
     parts = list(splitter.parts())
     assert [p.media for p in parts] == ["application/dicom", "text/plain"]
     assert [p.path.read_bytes() for p in parts] == [b"first\r\n--b0und", b""]
-    assert [p.md5 for p in parts] == [hashlib.md5(b"first\r\n--b0und").hexdigest(),
-                                      hashlib.md5(b"").hexdigest()]
-    assert parts[0].head == b"first\r\n--b0und"
+    assert [p.spooled.md5 for p in parts] == [hashlib.md5(b"first\r\n--b0und").hexdigest(),
+                                              hashlib.md5(b"").hexdigest()]
+    assert [p.spooled.size for p in parts] == [len(b"first\r\n--b0und"), 0]
+    assert parts[0].spooled.head == b"first\r\n--b0und" and parts[0].spooled.whole
 
 
 def uneven(data: bytes, first: int, rest: int) -> Callable[[int], bytes]:

@@ -1,7 +1,8 @@
 """Read the few tags the index needs from a stored file, and nothing else.
 
-Parsing stops before the pixel data and skips every element that is not asked for (pydicom's
-``specific_tags``), so a 1 GB multi-frame object costs as much to index as a 10 KB one.
+Parsing stops before the pixel data and keeps only the elements asked for (``rawscan``'s walk
+over the element headers, or pydicom's ``specific_tags`` for the files it leaves to pydicom), so a
+1 GB multi-frame object costs as much to index as a 10 KB one.
 The main tags of each level follow Orthanc's defaults, so the REST API can show the same JSON.
 """
 
