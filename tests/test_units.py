@@ -172,6 +172,25 @@ def test_the_header_scan_skips_nested_undefined_lengths(tmp_path: Path,
     assert read_instance_tags(path).patient["PatientID"] == "PAT1"
 
 
+def test_tags_from_what_was_spooled_match_the_file(tmp_path: Path) -> None:
+    """A spooled file's head stands in for reading it: a small one whole, a large one (past
+    ``HEAD``) for its header, its tail still checked on disk."""
+    import hashlib
+
+    from appliance.storage.spool import Spooled
+
+    small, large = make_series(tmp_path / "s", 1)[0], make_series(tmp_path / "l", 1, size=512)[0]
+    for path in (small, large):
+        data = path.read_bytes()
+        spooled = Spooled(hashlib.md5(data).hexdigest(), len(data), data[:HEAD])
+        assert spooled.whole == (path == small)
+        assert read_instance_tags(path, spooled) == read_instance_tags(path)
+    data = large.read_bytes()
+    large.write_bytes(data[:-100])  # the disk holds less than the head promised: refused
+    with pytest.raises(BadInstance, match="truncated"):
+        read_instance_tags(large, Spooled("", len(data), data[:HEAD]))
+
+
 def test_the_header_scan_leaves_odd_files_to_pydicom() -> None:
     """Deflated, no file meta, no transfer syntax: pydicom reads them."""
     for name in ("image_dfl.dcm", "no_meta.dcm", "meta_missing_tsyntax.dcm"):

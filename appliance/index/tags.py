@@ -26,7 +26,7 @@ from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS
 
 from ..storage.spool import HEAD, Spooled
 from . import rawscan
-from .rawscan import Values
+from .rawscan import LONG_VRS, UNDEFINED, Values
 
 PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs")
 STUDY_TAGS = (
@@ -49,8 +49,6 @@ INSTANCE_TAGS = (
 )  # fmt: skip
 OTHER_TAGS = ("SOPClassUID", "SpecificCharacterSet")
 
-UNDEFINED = 0xFFFFFFFF
-LONG_VRS = {vr.encode() for vr in "OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()}
 
 KEYWORD_TAGS: dict[str, int] = {  # plain ints: a BaseTag compares in Python, slowly
     k: int(Tag(k))
@@ -218,14 +216,15 @@ def _skip_items(f: BinaryIO, pos: int, size: int, endian: str) -> int:
 
 def read_instance_tags(path: Path, spooled: Spooled | None = None) -> InstanceTags:
     """Parse the index tags of a Part 10 file; raise ``BadInstance`` with a reason otherwise.
-    ``spooled``: what its writer kept of it (a whole small file is then not read again)."""
+    ``spooled``: what its writer kept of it (its head is not read again; a whole small file
+    is not opened at all)."""
     try:
         if spooled is not None and spooled.whole:
             header, ts = _read_header(io.BytesIO(spooled.head), spooled.head, spooled.size)
         else:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                head = f.read(HEAD)
+                head = spooled.head if spooled is not None else f.read(HEAD)
                 header, ts = _read_header(io.BytesIO(head) if len(head) == size else f, head,
                                           size)
         args = (_encodings(header.values), ts.is_little_endian, ts.is_implicit_VR)
