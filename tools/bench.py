@@ -505,7 +505,7 @@ class Lab:
 
 
 @contextlib.contextmanager
-def journaled_filesystem(kind: str) -> Iterator[Path | None]:
+def stores_root(kind: str) -> Iterator[Path | None]:
     """Where the servers' stores go: with ``kind`` "journaled", a new ext4 with its journal,
     loop-mounted for this run, as ``image/build`` makes the appliance's data partition.
 
@@ -1826,7 +1826,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_tools(args.qr)
     signal.signal(signal.SIGTERM, on_sigterm)
-    with journaled_filesystem(args.stores) as root:
+    with stores_root(args.stores) as root:
         lab = Lab(root)
         try:
             text, path = run_and_report(args, lab)
