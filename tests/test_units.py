@@ -260,6 +260,32 @@ def test_writer_commits_while_a_flush_runs_and_one_flush_serves_those_waiting(
         db.close()
 
 
+def test_writer_flushes_the_commits_that_must_be_durable(tmp_path: Path) -> None:
+    """A batch whose jobs may wait for a later flush (``durable=False``, or a new file that
+    ``write_durably`` flushes) commits with ``synchronous=NORMAL``; one durable job in a batch
+    makes it ``FULL``."""
+    db = open_database(tmp_path / "index.sqlite")
+
+    def mode() -> int:
+        return int(db.execute_sql("PRAGMA synchronous").fetchone()[0])  # 1 NORMAL, 2 FULL
+
+    writer = Writer(db, lambda: None)
+    writer.start()
+    try:
+        assert writer.submit(mode, durable=False).result(10) == 1
+        assert writer.write_durably(mode, "a") == 1
+        assert writer.run(mode, 10) == 2
+        gate = threading.Event()
+        writer.submit(lambda: gate.wait(10))
+        lazy, durable = writer.submit(mode, durable=False), writer.submit(mode)
+        gate.set()
+        assert lazy.result(10) == durable.result(10) == 2  # one batch
+        assert writer.submit(mode, durable=False).result(10) == 1
+    finally:
+        writer.stop()
+        db.close()
+
+
 def test_serve_keeps_numpy_out_and_the_rest_importable_afterwards() -> None:
     """``appliance serve`` loads pydicom without numpy, requests, Pillow and pydicom.examples;
     all but numpy can still be imported afterwards (by a hook, say)."""

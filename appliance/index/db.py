@@ -94,6 +94,7 @@ class Pending:
     job: Job
     future: Future[Any]
     new_file: str = ""  # the storage name of the new file its row points to
+    durable: bool = True  # its commit is flushed before the future resolves
     batch: int = 0  # set at commit when ``new_file``: the number of its file batch
 
 
@@ -113,7 +114,7 @@ class Writer:
     A power cut during a flush can keep a committed row whose file did not reach the disk
     (never an acknowledged one): the batch lists its files in ``unsynced``, for reconciliation
     to check, and the first batch after a flush that succeeded unlists what that flush made
-    durable. Other batches commit with ``synchronous=FULL``.
+    durable. A batch with any other job that must be durable commits with ``synchronous=FULL``.
     """
 
     def __init__(
@@ -139,9 +140,12 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, job: Callable[[], T]) -> Future[T]:
-        """Queue ``job``; its future resolves once its batch is committed."""
-        return self._queue_job(job).future
+    def submit(self, job: Callable[[], T], durable: bool = True) -> Future[T]:
+        """Queue ``job``; its future resolves once its batch is committed. ``durable=False``
+        spares the commit its device flush: a power cut (not a crash of the process) may undo
+        it until a later flush, for records whose loss only repeats work (a delivery's
+        outcome: the instance is sent again)."""
+        return self._queue_job(job, durable=durable).future
 
     def run(self, job: Callable[[], T], timeout: float | None = None) -> T:
         """Run ``job`` in the writer and wait for its committed result."""
@@ -168,8 +172,8 @@ class Writer:
             self._queue.put(None)
             self._thread.join()
 
-    def _queue_job(self, job: Job, new_file: str = "") -> Pending:
-        pending = Pending(job, Future(), new_file)
+    def _queue_job(self, job: Job, new_file: str = "", durable: bool = True) -> Pending:
+        pending = Pending(job, Future(), new_file, durable)
         self._queue.put(pending)
         return pending
 
@@ -201,8 +205,11 @@ class Writer:
     def _commit(self, batch: list[Pending]) -> None:
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
         files = [item.new_file for item in batch if item.new_file]
+        # a job with a new file gets its flush from ``write_durably``; other durable jobs
+        # need the commit's own
+        full = any(item.durable and not item.new_file for item in batch)
         try:
-            self._set_synchronous("normal" if files else "full")
+            self._set_synchronous("full" if full else "normal")
             with self.db.atomic("IMMEDIATE"):
                 unlisted = self._list_unsynced(files) if files else 0
                 for item in batch:

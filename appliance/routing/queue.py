@@ -10,7 +10,7 @@ or cancelled by hand.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -44,6 +44,34 @@ class Entry:
     sop_class_uid: str
     transfer_syntax: str
     file: str
+    series_uid: str  # copied into the export log, which outlives the instance
+    study_uid: str
+    patient_id: str
+
+
+# The hot path (a claim and a record per batch, batches of one or two instances when they
+# trickle in) uses plain SQL: peewee's query building cost more than SQLite itself.
+ENTRY_COLUMNS = (
+    "o.id, o.route, o.attempts, o.created, i.public_id, i.sop_uid, i.sop_class_uid,"
+    " i.transfer_syntax, i.file, s.series_uid, st.study_uid, p.patient_id"
+    " FROM outbound o JOIN instance i ON i.id = o.instance_id"
+    " JOIN series s ON s.id = i.series_id JOIN study st ON st.id = s.study_id"
+    " JOIN patient p ON p.id = st.patient_id"
+)
+DUE = (
+    f"SELECT {ENTRY_COLUMNS} WHERE o.destination = ? AND o.state = 'pending'"
+    " AND o.next_attempt <= ? ORDER BY o.next_attempt, o.id LIMIT ?"
+)
+NEXT_DUE = (
+    "SELECT id, next_attempt FROM outbound WHERE destination = ? AND state = 'pending'"
+    " ORDER BY next_attempt LIMIT ?"
+)
+DELETE_ENTRY = "DELETE FROM outbound WHERE id = ?"
+INSERT_EXPORT = (
+    "INSERT INTO export (date, destination, remote_aet, instance_id, sop_uid, series_uid,"
+    " study_uid, patient_id, route, status, outcome, error)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass(frozen=True)
@@ -59,28 +87,17 @@ def outcome_of(status: int) -> str:
     return "warning" if status in WARNINGS else "failure"
 
 
-def due(destination: str, now: float, limit: int, exclude: Iterable[int] = ()) -> list[Entry]:
-    """The oldest pending entries of ``destination`` whose retry time has come."""
-    query = (
-        Outbound.select(Outbound.id, Outbound.route, Outbound.attempts, Outbound.created,
-                        Instance.public_id, Instance.sop_uid, Instance.sop_class_uid,
-                        Instance.transfer_syntax, Instance.file)
-        .join(Instance)
-        .where((Outbound.destination == destination) & (Outbound.state == "pending")
-               & (Outbound.next_attempt <= now) & Outbound.id.not_in(list(exclude)))
-        .order_by(Outbound.next_attempt, Outbound.id)
-        .limit(limit)
-    )
-    return [Entry(*row) for row in tuples(query)]
+def due(destination: str, now: float, limit: int, exclude: Collection[int] = ()) -> list[Entry]:
+    """The oldest pending entries of ``destination`` whose retry time has come (those in
+    ``exclude``, claimed by another worker, left out)."""
+    rows = database.execute_sql(DUE, (destination, now, limit + len(exclude))).fetchall()
+    return [Entry(*row) for row in rows if row[0] not in exclude][:limit]
 
 
-def next_due(destination: str, exclude: Iterable[int] = ()) -> float | None:
+def next_due(destination: str, exclude: Collection[int] = ()) -> float | None:
     """When the next pending entry of ``destination`` is due (None: nothing pending)."""
-    value = (Outbound.select(fn.MIN(Outbound.next_attempt))
-             .where((Outbound.destination == destination) & (Outbound.state == "pending")
-                    & Outbound.id.not_in(list(exclude)))
-             .scalar())
-    return float(value) if value is not None else None
+    rows = database.execute_sql(NEXT_DUE, (destination, len(exclude) + 1)).fetchall()
+    return next((float(when) for key, when in rows if key not in exclude), None)
 
 
 def backoff(settings: QueueSettings, failures: int) -> float:
@@ -91,10 +108,11 @@ def backoff(settings: QueueSettings, failures: int) -> float:
 def record(destination: str, remote_aet: str, results: Sequence[Result],
            settings: QueueSettings, now: float) -> None:
     """Writer job: the outcome of sent entries. Delivered (success or warning) entries leave
-    the queue; refused ones wait their backoff or become failed. Every answer is logged."""
-    delivered = [r.entry.id for r in results if outcome_of(r.status) != "failure"]
-    if delivered:
-        Outbound.delete().where(Outbound.id.in_(delivered)).execute()
+    the queue; refused ones wait their backoff or become failed. Every answer is logged.
+    Its commit may go without a flush (``Writer.submit(durable=False)``): an outcome a power
+    cut undoes sends its entry again, as an unanswered send would."""
+    delivered = [(r.entry.id,) for r in results if outcome_of(r.status) != "failure"]
+    database.cursor().executemany(DELETE_ENTRY, delivered)
     for r in results:
         if outcome_of(r.status) != "failure":
             continue
@@ -215,34 +233,20 @@ def _entries(condition: Any) -> list[tuple[str, Entry]]:
     query = (Outbound.select(Outbound.destination, Outbound.id, Outbound.route,
                              Outbound.attempts, Outbound.created, Instance.public_id,
                              Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax,
-                             Instance.file)
-             .join(Instance).where(condition))
+                             Instance.file, Series.series_uid, Study.study_uid,
+                             Patient.patient_id)
+             .join(Instance).join(Series).join(Study).join(Patient).where(condition))
     return [(row[0], Entry(*row[1:])) for row in tuples(query)]
 
 
 def _log(destination: str, remote_aet: str, items: Sequence[tuple[Entry, int, str, str]],
          now: float) -> None:
     """Export log rows, with the UIDs copied (the log outlives the instances)."""
-    uids = {
-        public_id: (series_uid, study_uid, patient_id)
-        for public_id, series_uid, study_uid, patient_id in tuples(
-            Instance.select(Instance.public_id, Series.series_uid, Study.study_uid,
-                            Patient.patient_id)
-            .join(Series).join(Study).join(Patient)
-            .where(Instance.public_id.in_([e.instance_id for e, *_ in items]))
-        )
-    }
-    rows = []
-    for entry, status, outcome, error in items:
-        series_uid, study_uid, patient_id = uids.get(entry.instance_id, ("", "", ""))
-        rows.append({
-            "date": now, "destination": destination, "remote_aet": remote_aet,
-            "instance_id": entry.instance_id, "sop_uid": entry.sop_uid,
-            "series_uid": series_uid, "study_uid": study_uid, "patient_id": patient_id,
-            "route": entry.route, "status": status, "outcome": outcome, "error": error[:200],
-        })
-    for start in range(0, len(rows), 500):
-        Export.insert_many(rows[start:start + 500]).execute()
+    database.cursor().executemany(INSERT_EXPORT, [
+        (now, destination, remote_aet, entry.instance_id, entry.sop_uid, entry.series_uid,
+         entry.study_uid, entry.patient_id, entry.route, status, outcome, error[:200])
+        for entry, status, outcome, error in items
+    ])
 
 
 @dataclass(frozen=True)

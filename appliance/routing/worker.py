@@ -179,7 +179,7 @@ class Destination:
         settings = self.dispatcher.config.queue
         aet = modality.aet if modality else ""
         recorded = self.dispatcher.store.writer.submit(
-            lambda: queue.record(self.name, aet, results, settings, time.time())
+            lambda: queue.record(self.name, aet, results, settings, time.time()), durable=False
         )
         delivered = sum(queue.outcome_of(r.status) != "failure" for r in results)
         state = self.state
