@@ -1553,6 +1553,7 @@ class ForwardResults(RunInfo):
     log_problems: list[str]
     errors: list[str]
     nagle: list[ForwardCell] = field(default_factory=list)  # to a default storescp
+    ceiling: dict[str, float] = field(default_factory=dict)  # set -> fsync_ceiling
 
 
 def run_forward(sets: list[str], quick: bool, lab: Lab) -> ForwardResults:
@@ -1562,6 +1563,7 @@ def run_forward(sets: list[str], quick: bool, lab: Lab) -> ForwardResults:
     r = ForwardResults(machine_info(lab.tmp), versions(), quick,
                        {n: {"files": d.files, "bytes": d.bytes} for n, d in data.items()},
                        [], [], [])
+    r.ceiling = {name: fsync_ceiling(lab, d) for name, d in data.items()}
     print("forwarding to a storescp destination:", flush=True)
     for name, feeds, mode in itertools.product(sets, (1, PARTS), FORWARD_MODES):
         cell = attempt(r.errors, f"{mode} {name} x{feeds}", run_forward_cell, lab, mode,
@@ -1576,6 +1578,24 @@ def run_forward(sets: list[str], quick: bool, lab: Lab) -> ForwardResults:
                            mode, part, 1, r.log_problems, NagleDest)
             r.nagle += [cell] if cell else []
     return r
+
+
+def fsync_ceiling(lab: Lab, data: DataSet, count: int = 500) -> float:
+    """Files/s when the set's first ``count`` files are written to the stores' filesystem and
+    each fsynced before the next: the best a receiver that acknowledges only durable files can
+    do over one association, before any network or index work."""
+    blobs = [p.read_bytes() for p in sorted(data.parts()[0].rglob("*")) if p.is_file()][:count]
+    folder = lab.folder("fsync")
+    os.sync()
+    started = time.monotonic()
+    for k, blob in enumerate(blobs):
+        fd = os.open(folder / str(k), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, blob)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return len(blobs) / (time.monotonic() - started)
 
 
 def first_part(data: DataSet) -> DataSet:
@@ -1649,6 +1669,13 @@ def forward_report(r: ForwardResults) -> str:
                 f" {r.nagle[0].instances} tiny instances, one feed:"]
         out += [f"  {c.mode:9} {c.rate:8.1f} instances/s delivered (feed {c.feed_rate:.1f})"
                 for c in r.nagle]
+    if r.ceiling:
+        out += ["", "A durable receiver's ceiling over one association: files written to the"
+                " stores' filesystem, each", "fsynced before the next (no network, no index):"]
+        out += [f"  {name:6} {rate:8.1f} files/s"
+                f" ({fmt(ratio(rate, forward_rate(r, 'direct', name, 1)), '.2f')}x direct x1)"
+                for name, rate in r.ceiling.items()]
+    out += ["", "Targets"] + [t.line() for t in forward_targets(r)]
     out += problems_and_failures(r.log_problems, r.errors)
     return "\n".join(out)
 
