@@ -1039,6 +1039,7 @@ def write_json(r: Results, text: str) -> Path:
 
 FIND_REPEATS = 20  # timed findscu runs per query and server
 RETRIEVE_REPEATS = 3  # timed movescu/getscu runs per server
+NAGLE_GET = "getscu without TCP_NODELAY"
 TOOL_TIMEOUT = 600.0
 DEST_AET = "BENCHDEST"
 LEVEL_UID = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
@@ -1103,10 +1104,12 @@ def qr_queries(ref: Any) -> list[Query]:
     ]
 
 
-def dcmtk(cmd: list[str]) -> float:
-    """Run a DCMTK tool with TCP_NODELAY=1; its wall time, process start included."""
+def dcmtk(cmd: list[str], nodelay: bool = True) -> float:
+    """Run a DCMTK tool (with TCP_NODELAY=1 unless told otherwise); its wall time, process
+    start included."""
     started = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=NODELAY_ENV,
+    out = subprocess.run(cmd, capture_output=True, text=True,
+                         env=NODELAY_ENV if nodelay else DEFAULT_ENV,
                          stdin=subprocess.DEVNULL, timeout=TOOL_TIMEOUT)
     elapsed = time.monotonic() - started
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith(("E:", "F:"))]
@@ -1203,11 +1206,13 @@ def timed_move(server: Server, dest: Server, study_uid: str, expected: int) -> f
     return seconds
 
 
-def timed_get(lab: Lab, server: Server, study_uid: str, expected: int) -> float:
+def timed_get(lab: Lab, server: Server, study_uid: str, expected: int,
+              nodelay: bool = True) -> float:
     """getscu of the study into a fresh folder; checks that every instance arrived."""
     out = lab.folder("get")
     try:
-        seconds = dcmtk(scu("getscu", server, "-od", str(out), *study_keys(study_uid)))
+        seconds = dcmtk(scu("getscu", server, "-od", str(out), *study_keys(study_uid)),
+                        nodelay)
         got = sum(1 for _ in out.iterdir())
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -1217,10 +1222,10 @@ def timed_get(lab: Lab, server: Server, study_uid: str, expected: int) -> float:
 
 
 def measure_retrieve(tool: str, servers: list[Server], retrieve: Callable[[Server], float],
-                     instances: int) -> list[RetrieveTiming]:
-    """RETRIEVE_REPEATS timed retrieves per server, alternating servers."""
+                     instances: int, repeats: int = RETRIEVE_REPEATS) -> list[RetrieveTiming]:
+    """``repeats`` timed retrieves per server, alternating servers."""
     samples: dict[str, list[float]] = {s.name: [] for s in servers}
-    for _ in range(RETRIEVE_REPEATS):
+    for _ in range(repeats):
         for server in servers:
             samples[server.name].append(retrieve(server))
     timings = [RetrieveTiming(tool, name, instances, secs, instances / statistics.median(secs))
@@ -1311,6 +1316,10 @@ def measure_retrieves(lab: Lab, servers: list[Server], dest: Server, study: Data
                            lambda s: timed_move(s, dest, uid, study.files), study.files) or []
     r.retrieves += attempt(r.errors, "getscu", measure_retrieve, "getscu", servers,
                            lambda s: timed_get(lab, s, uid, study.files), study.files) or []
+    # a getscu with Nagle's algorithm on, as DCMTK runs by default: once (~22/s if stalled)
+    r.retrieves += attempt(r.errors, NAGLE_GET, measure_retrieve, NAGLE_GET, servers,
+                           lambda s: timed_get(lab, s, uid, study.files, nodelay=False),
+                           study.files, 1) or []
 
 
 def run_qr(quick: bool, lab: Lab, retrieve_only: bool = False) -> QrResults:
@@ -1414,9 +1423,9 @@ def qr_report(r: QrResults) -> str:
         out += find_table(r) + scaling_lines(r)
     out += ["", f"Retrieve of one study, instances/s at the median of {RETRIEVE_REPEATS} runs"
             " (movescu to a DCMTK storescp; getscu -od into a folder)"]
-    for tool in ("movescu", "getscu"):
+    for tool in ("movescu", "getscu", NAGLE_GET):
         app, orth = retrieve_rate(r, tool, "appliance"), retrieve_rate(r, tool, "orthanc")
-        out.append(f"  {tool:8} appliance {fmt(app):>8}  orthanc {fmt(orth):>8}"
+        out.append(f"  {tool:26} appliance {fmt(app):>8}  orthanc {fmt(orth):>8}"
                    f"  app/orth {fmt(ratio(app, orth), '.2f')}x")
     out += ["", "Targets"] + [t.line() for t in qr_targets(r)]
     out += problems_and_failures(r.log_problems, r.errors)
