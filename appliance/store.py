@@ -61,8 +61,10 @@ class Store:
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         root = config.data_dir
         root.mkdir(parents=True, exist_ok=True)
-        self.area = StorageArea(root)
-        self.db: SqliteDatabase = open_database(root / "index.sqlite")
+        index = root / "index.sqlite"
+        self.area = StorageArea(root, also_flushed=[index.with_name(index.name + "-wal")])
+        log.info("durability: %s", self.area.flush.description)
+        self.db: SqliteDatabase = open_database(index)
         self.writer = Writer(
             self.db, self.area.flush, config.storage.commit_batch, on_rollback=forget_parents
         )

@@ -6,7 +6,9 @@ Also: one appliance per data directory, and a large object received with flat me
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import sqlite3
 import struct
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +315,68 @@ def test_rows_of_a_cut_flush_are_dropped(appliance_factory: Any, tmp_path: Path)
     assert instances_by_sop(app) == ids
     assert app.stop() == 0
     assert_fsck_clean(app, "--verify")
+
+
+@contextlib.contextmanager
+def journaled_ext4(image: Path, mount: Path, size_mib: int = 256,
+                   options: str = "") -> Iterator[str]:
+    """A new ext4 with a journal (as ``image/build`` makes the data partition) on a loop device,
+    mounted at ``mount``; yields the device's path."""
+    if not image.exists():
+        subprocess.run(["truncate", "-s", f"{size_mib}M", str(image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                        str(image)], check=True)
+    device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    try:
+        mount.mkdir(exist_ok=True)
+        subprocess.run(["mount", *(["-o", options] if options else []), device, str(mount)],
+                       check=True)
+        try:
+            yield device
+        finally:
+            subprocess.run(["umount", str(mount)], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root")
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("receive_path", list(RECEIVE_PATHS))
+def test_the_device_holds_every_acknowledged_instance(tmp_path: Path, receive_path: str) -> None:
+    """A power cut on the filesystem the image gives the store (ext4 with a journal), where the
+    appliance flushes a batch with one journal commit: right after the last acknowledgement,
+    the device is read past every cache (``O_DIRECT``) while the appliance still runs, and that
+    copy, mounted (the journal replayed), holds every acknowledged instance, indexed and whole.
+    The journal's own commits are held off (``commit=600``) and the send lasts seconds, far
+    below the 30 s after which the kernel writes dirty pages on its own: only the appliance's
+    flushes put anything on the device."""
+    files = make_series(tmp_path / "series", 150, size=32)
+    uid_of = {str(f): sop_uid(f) for f in files}
+    copy = tmp_path / "cut.img"
+    with journaled_ext4(tmp_path / "fs.img", tmp_path / "mnt", options="commit=600") as device:
+        app = ApplianceProcess(tmp_path / "mnt" / "data", config=RECEIVE_PATHS[receive_path])
+        app.log_path = tmp_path / "appliance.log"
+        app.start()
+        try:
+            assert "durability: one ext4 journal commit per batch" in app.log(), app.log()
+            watcher = StorescuWatcher(app, files)
+            assert watcher.finish() == 0, "".join(watcher.lines[-20:])
+            subprocess.run(["dd", f"if={device}", f"of={copy}", "bs=1M", "iflag=direct",
+                            "status=none"], check=True)
+        finally:
+            app.kill()
+    assert len(watcher.acked) == len(files) and not watcher.failed
+
+    with journaled_ext4(copy, tmp_path / "after"):
+        data = tmp_path / "after" / "data"
+        with contextlib.closing(sqlite3.connect(data / "index.sqlite")) as db:
+            indexed = {uid for (uid,) in db.execute("SELECT sop_uid FROM instance")}
+        lost = [uid_of[f] for f in watcher.acked if uid_of[f] not in indexed]
+        assert not lost, f"{len(lost)} of {len(files)} acknowledged instances lost"
+        report = appliance_cli("fsck", "--verify", "--data", str(data))
+        counts = fsck_counts(report)
+        assert counts["missing"] == 0 and counts["corrupt"] == 0, report.stdout
 
 
 # --- 3. reindex ------------------------------------------------------------------------------

@@ -522,7 +522,8 @@ def test_power_cut_during_a_store_keeps_every_acknowledged_instance(vm: Vm, tmp_
     listed = set(vm.get("/instances").json())
     missing = [f for f in acknowledged if instance_id(f) not in listed]
     assert not missing, f"{len(missing)} acknowledged instances lost, e.g. {missing[:3]}"
-    journal = vm.check("journalctl -b -u appliance --no-pager | grep 'reconcile:'")
+    journal = vm.check("journalctl -b -u appliance --no-pager | grep 'reconcile:\\|durability:'")
+    assert "durability: one ext4 journal commit per batch" in journal, journal
     assert "index rows whose file is missing: 0" in journal, journal
     assert "unreadable quarantined 0" in journal, journal
     status, report = vm.sh(

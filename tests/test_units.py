@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -17,6 +18,7 @@ from appliance.index.db import Unflushed, Writer, open_database
 from appliance.index.ids import orthanc_hash, public_ids
 from appliance.index.models import Unsynced
 from appliance.index.tags import HEAD, WANTED_TAGS, BadInstance, read_instance_tags
+from appliance.storage.flush import SyncfsFlush, flush_for, journaled_ext4
 
 from .conftest import make_series, pydicom_file
 
@@ -258,6 +260,21 @@ def test_writer_commits_while_a_flush_runs_and_one_flush_serves_those_waiting(
         release.set()
         writer.stop()
         db.close()
+
+
+def test_only_a_journaled_ext4_gets_the_journal_commit_flush(tmp_path: Path) -> None:
+    """A filesystem with no ext4 journal (tmpfs here) keeps ``syncfs``; a journaled ext4 is
+    covered where it matters, by ``test_the_device_holds_every_acknowledged_instance``."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm) as root:
+        assert journaled_ext4(Path(root)) is None
+        flush = flush_for(Path(root))
+        assert isinstance(flush, SyncfsFlush)
+        (Path(root) / "f").write_bytes(b"x")
+        flush.prepare(Path(root) / "f", 1)
+        flush()
 
 
 def test_writer_flushes_the_commits_that_must_be_durable(tmp_path: Path) -> None:

@@ -103,13 +103,13 @@ class Writer:
 
     A job whose row points to a new file goes through ``write_durably``. Its batch commits
     with ``synchronous=NORMAL`` (the WAL is written, not flushed); then a flush
-    (``flush_files``, a ``syncfs``) makes the batch's files, their folders *and* that commit
-    durable in one device flush, where flushing the files before the commit costs a second
-    flush per batch. The flush is run by the waiting caller, not by the writer: the writer
-    commits the next batch meanwhile, and one flush serves every batch committed before it
-    started (the first caller to get the flush lock flushes; those behind it find their batch
-    flushed). No caller returns before a flush that started after its commit, so nothing is
-    acknowledged early.
+    (``flush_files``, one journal commit or a ``syncfs``: ``storage.flush``) makes the batch's
+    files, their folders *and* that commit durable at once, where flushing the files before
+    the commit costs a second flush per batch. The flush is run by the waiting caller, not by
+    the writer: the writer commits the next batch meanwhile, and one flush serves every batch
+    committed before it started (the first caller to get the flush lock flushes; those behind
+    it find their batch flushed). No caller returns before a flush that started after its
+    commit, so nothing is acknowledged early.
 
     A power cut during a flush can keep a committed row whose file did not reach the disk
     (never an acknowledged one): the batch lists its files in ``unsynced``, for reconciliation

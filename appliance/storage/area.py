@@ -9,33 +9,36 @@ store); the oldest data also sits together, where recycling looks for it.
 
 Durability (the store's contract): a blob is written under ``tmp/`` and renamed into place; one
 ``flush`` per batch then makes the files, their folders and the batch's index commit durable
-together, before any of them is acknowledged (see ``index.db.Writer``).
+together, before any of them is acknowledged (see ``index.db.Writer``, and ``storage.flush``
+for how).
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from .flush import Flush, flush_for
 
 NAME = re.compile(r"^[0-9]{10}[0-9a-f]{32}$")
 HASH_CHUNK = 1 << 20
-FSYNC_ALONE = 4 << 20  # bytes: files this large are fsynced on their own
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class StorageArea:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, also_flushed: Sequence[Path] = ()) -> None:
+        """``also_flushed``: files beside the area that each batch also writes (the index's
+        WAL), made durable by the same ``flush``."""
         self.root = root
         self.files = root / "files"
         self.tmp = root / "tmp"
         self.files.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self.flush: Flush = flush_for(root, also_flushed)
 
     def path(self, name: str) -> Path:
         if not NAME.match(name):
@@ -45,11 +48,10 @@ class StorageArea:
     def adopt(self, tmp_path: Path, size: int) -> str:
         """Move a received file into place under a new name, and return the name.
 
-        Not yet durable: ``flush`` makes it so, once for a whole batch. Large files are fsynced
-        here, in the receiving thread, so that the shared flush stays short.
+        Not yet durable: ``flush`` makes it so, once for a whole batch, after what its
+        ``prepare`` does here, in the receiving thread.
         """
-        if size >= FSYNC_ALONE:
-            fsync_file(tmp_path)
+        self.flush.prepare(tmp_path, size)
         name = time.strftime("%Y%m%d%H", time.gmtime()) + uuid.uuid4().hex
         final = self.path(name)
         try:
@@ -58,20 +60,6 @@ class StorageArea:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp_path, final)
         return name
-
-    def flush(self) -> None:
-        """Make everything written to the area durable: file data, renames and new folders.
-
-        One ``syncfs(2)`` serves a whole batch of files, where an fsync per file and per folder
-        would cost three device flushes per instance.
-        """
-        fd = os.open(self.files, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if _libc.syncfs(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"syncfs failed: {os.strerror(err)}")
-        finally:
-            os.close(fd)
 
     def remove(self, name: str) -> None:
         try:
@@ -110,14 +98,6 @@ class StorageArea:
         """(free bytes, total bytes) of the filesystem holding the area."""
         st = os.statvfs(self.files)
         return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def md5_file(path: Path) -> str:
