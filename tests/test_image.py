@@ -222,8 +222,24 @@ class Vm:
         wait_for(self.socket_path.exists, timeout=60, what="qemu's debug socket")
         self.shell = socket.socket(socket.AF_UNIX)
         self.shell.connect(str(self.socket_path))
-        wait_for(self.echo_ok, timeout=BOOT_TIMEOUT, what="C-ECHO from the appliance in the VM")
+        try:
+            wait_for(self.echo_ok, timeout=BOOT_TIMEOUT,
+                     what="C-ECHO from the appliance in the VM")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; {self.diagnose()}") from exc
         return time.monotonic() - self.started
+
+    def diagnose(self) -> str:
+        """What the guest says of a boot that never answered (its units, the appliance's
+        status and the boot's journal), kept in ``boot-N.log`` beside qemu's own log."""
+        path = self.workdir / f"boot-{self.boots}.log"
+        try:
+            _, out = self.sh("systemctl --failed --no-pager; systemctl status appliance"
+                             " --no-pager; journalctl -b --no-pager | tail -n 400", timeout=60)
+        except (OSError, RuntimeError) as exc:  # socket.timeout is an OSError
+            out = f"no answer from the guest's debug shell ({exc!r}): it did not boot that far"
+        path.write_text(out)
+        return f"the guest's account is in {path.name} (test-artifacts)"
 
     def echo_ok(self) -> bool:
         assert self.proc is not None
