@@ -1268,7 +1268,8 @@ def qr_configs(dest_port: int) -> tuple[dict[str, Any], dict[str, Any]]:
     return appliance, orthanc
 
 
-LOG_PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback|^[EF]\d{4} ")  # Orthanc: E, F
+# the appliance's levels; Orthanc's E and F lines; DCMTK's (storescp) W, E and F lines
+LOG_PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback|^[EF]\d{4} |^[WEF]: ")
 
 
 def log_problems(server: Server) -> list[str]:
