@@ -17,6 +17,7 @@ thread, after the fact, never in the ingest path.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import queue
@@ -183,6 +184,8 @@ class Hooks:
 
     def stop(self) -> None:
         self.stopping.set()
+        with contextlib.suppress(queue.Full):  # wakes the worker now, not at its next pass
+            self.events.put_nowait(("stopping", None))
         self.thread.join(self.config.hooks.timeout + 5)
 
     # --- in the ingest path --------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import fcntl
 import gc
 import logging
@@ -40,6 +41,10 @@ from .web.auth import Security
 log = logging.getLogger("appliance")
 
 SHUTDOWN_GRACE = 30.0  # seconds in-flight associations get to finish
+# An orderly stop that takes longer than this is stuck: every thread's stack goes to stderr (the
+# journal) and the process ends with 1, before systemd's silent SIGKILL (TimeoutStopSec=45). An
+# exit that skips the rest of the stop is safe: the store is built to survive kill -9.
+STOP_LIMIT = 40.0
 
 
 class DataLocked(RuntimeError):
@@ -168,6 +173,8 @@ def serve(configs: ConfigStore) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # ``kill -USR1``: every thread's stack on stderr (the journal), for a process that hangs
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     appliance = Appliance(configs)
     try:
         appliance.start()
@@ -179,5 +186,6 @@ def serve(configs: ConfigStore) -> int:
     gc.freeze()
     while not stop.wait(1.0):  # a timed wait: Python runs a signal handler only when the main
         pass  # thread runs, and a signal taken by another thread does not wake an untimed wait
-    appliance.stop()
+    faulthandler.dump_traceback_later(STOP_LIMIT, exit=True)  # also covers the interpreter's
+    appliance.stop()  # own exit, which waits for every non-daemon thread
     return 0

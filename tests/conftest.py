@@ -142,7 +142,18 @@ class ApplianceProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            self.proc.send_signal(signal.SIGUSR1)  # its threads' stacks, into its log
+            time.sleep(1)
+            self.kill()
+            raise AssertionError(f"no exit {timeout:.0f} s after signal {sig}; its log, with "
+                                 f"its threads' stacks at the end:\n{self.log()[-20000:]}") from exc
+        if code != 0 and sig in (signal.SIGTERM, signal.SIGINT):  # a stop past STOP_LIMIT
+            raise AssertionError(f"exit {code} after signal {sig}; its log:\n"
+                                 f"{self.log()[-20000:]}")
+        return code
 
     def kill(self) -> None:
         """``kill -9``: no chance to clean up."""

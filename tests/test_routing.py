@@ -3,6 +3,7 @@ destinations, a pynetdicom SCP that refuses, ports closed and opened, and kill -
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,10 +178,14 @@ def test_kill_with_full_queue_resumes(appliance_factory: Any, scp_factory: Any,
 
 
 class RefusingSCP:
-    """A pynetdicom storage SCP whose answer the test chooses (0xA700 until told otherwise)."""
+    """A pynetdicom storage SCP whose answer the test chooses (0xA700 until told otherwise),
+    and when: each answer waits until ``gate`` is open."""
 
-    def __init__(self) -> None:
-        self.status = 0xA700
+    def __init__(self, status: int = 0xA700) -> None:
+        self.status = status
+        self.gate = threading.Event()
+        self.gate.set()
+        self.arrived = 0  # requests, answered or waiting at the gate
         self.received: list[str] = []
         self.ae = AE(ae_title="REFUSER")
         self.ae.supported_contexts = AllStoragePresentationContexts
@@ -192,6 +197,9 @@ class RefusingSCP:
         self.lock = threading.Lock()
 
     def _on_store(self, event: Any) -> int:
+        with self.lock:
+            self.arrived += 1
+        self.gate.wait(60)
         with self.lock:
             if self.status == 0:
                 self.received.append(str(event.request.AffectedSOPInstanceUID))
@@ -226,6 +234,35 @@ def test_failure_statuses_backoff_then_failed_then_retry(appliance_factory: Any,
                  "delivery after retry")
         assert queue(app)["refuser"]["Failed"] == 0
     finally:
+        scp.stop()
+
+
+def test_a_stop_finishes_the_instance_on_the_wire_not_the_batch(appliance_factory: Any,
+                                                               tmp_path: Path) -> None:
+    """SIGTERM while a slow destination holds a batch: the stop waits for the instance being
+    sent only (a destination that takes its time must not hold a shutdown); the rest of the
+    batch stays queued and arrives, once, after the restart."""
+    scp = RefusingSCP(status=0)
+    scp.gate.clear()
+    try:
+        app = appliance_factory(config={  # a series route: the 20 are claimed as one batch
+            "storage": {"stable_age": 1},
+            "modalities": {"slow": node(scp.port, "REFUSER")},
+            "routes": {"series": {"destinations": ["slow"], "trigger": "series"}},
+        }).start()
+        storescu(app, *make_series(tmp_path / "in", 20))
+        wait_for(lambda: scp.arrived == 1, 60, "the first instance to wait at the gate")
+        assert app.proc is not None
+        app.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "routing: stopping" in app.log(), 30, "routing to stop")
+        scp.gate.set()
+        assert app.stop() == 0
+        assert scp.arrived == 1 and len(scp.received) == 1
+        app.start()
+        wait_for(lambda: pending(app, "slow") == 0, 60, "the rest, after the restart")
+        assert len(scp.received) == len(set(scp.received)) == 20
+    finally:
+        scp.gate.set()
         scp.stop()
 
 

@@ -159,6 +159,8 @@ class Destination:
                 return None, None
         results = []
         for entry, item in zip(batch, items, strict=True):
+            if self.dispatcher.stopping.is_set():
+                break  # a stop waits for one instance, not a batch: the rest stays queued
             status = session.send(item)
             if status == FAILED and not session.alive:
                 break  # the association died: the rest of the batch was not attempted
@@ -266,6 +268,7 @@ class Dispatcher:
 
     def stop(self) -> None:
         self.stopping.set()
+        log.info("routing: stopping after the instances being sent; the rest stays queued")
         for dest in self.destinations.values():
             dest.wake()
         for dest in self.destinations.values():
