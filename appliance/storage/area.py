@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .flush import Flush, flush_for
+from .flush import Flush, flush_for, sync_filesystem
 
 NAME = re.compile(r"^[0-9]{10}[0-9a-f]{32}$")
 HASH_CHUNK = 1 << 20
@@ -60,6 +60,11 @@ class StorageArea:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp_path, final)
         return name
+
+    def sync_all(self) -> None:
+        """Every file in the area on the device, whoever wrote it: after a crash of the
+        process, files it renamed into place may still be only in the page cache."""
+        sync_filesystem(self.root)
 
     def remove(self, name: str) -> None:
         try:

@@ -71,8 +71,14 @@ class SyncfsFlush:
                 os.fsync(fd)
 
     def __call__(self) -> None:
-        with _opened(self.root) as fd:
-            _check(_libc.syncfs(fd), "syncfs")
+        sync_filesystem(self.root)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Everything written on the filesystem holding ``path`` durable (``syncfs(2)``): the one
+    flush that also covers files this process did not write (reconciliation after a crash)."""
+    with _opened(path) as fd:
+        _check(_libc.syncfs(fd), "syncfs")
 
 
 class JournalFlush:

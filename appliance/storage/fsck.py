@@ -58,6 +58,8 @@ def reconcile(store: Store, repair: bool, verify: bool = False) -> Report:
     if repair:
         store.empty_trash(trash())  # deletions a crash interrupted: finish them first
     report.temp_files = area.clean_tmp() if repair else len(area.temp_files())
+    if repair:  # before a row is added for a file, or a file of the last batch is cleared
+        area.sync_all()
     indexed = {
         name: (public_id, md5)
         for name, public_id, md5 in tuples(
