@@ -1443,6 +1443,7 @@ def write_qr_json(r: QrResults, text: str) -> Path:
 # --- forwarding (issue 4) --------------------------------------------------------------------
 
 FORWARD_STALL = 120.0  # seconds without a new arrival at the destination before giving up
+STALL_PROBE = 10.0  # seconds without a new arrival before both sides' state is recorded (once)
 FORWARD_MODES = ("direct", "appliance", "orthanc")
 LUA_ROUTE = """function OnStoredInstance(instanceId, tags, metadata, origin)
   SendToModality(instanceId, 'dest')
@@ -1511,21 +1512,48 @@ def queue_pending(server: Server) -> int:
     return sum(int(d["Pending"]) + int(d["Failed"]) for d in r.json().values())
 
 
-def wait_delivered(dest: Server, fed: Server, expected: int) -> None:
+def wait_delivered(dest: Server, fed: Server, expected: int, problems: list[str]) -> None:
     """Until ``dest`` holds ``expected`` instances and ``fed`` has nothing left to send;
-    fails when nothing new arrives for FORWARD_STALL seconds."""
+    fails when nothing new arrives for FORWARD_STALL seconds. A pause of STALL_PROBE seconds
+    goes to ``problems``, with what each side was doing."""
     progress = [-1, time.monotonic()]
+    probed: list[int] = []
 
     def delivered() -> bool:
         got = dest.count()
+        still = time.monotonic() - progress[1]
         if got != progress[0]:
             progress[:] = [got, time.monotonic()]
-        elif time.monotonic() - progress[1] > FORWARD_STALL:
+        elif still > FORWARD_STALL:
             raise RuntimeError(f"{dest.name} stalled at {got} of {expected} instances (queue"
                                f" pending {queue_pending(fed)}):\n{tail(fed.log_path)}")
+        elif still > STALL_PROBE and got < expected and not probed:
+            probed.append(got)
+            problems.append(probe_stall(dest, fed, got, expected))
         return got >= expected and queue_pending(fed) == 0
 
     wait_for(delivered, SEND_TIMEOUT, f"{dest.name} to hold {expected} instances")
+
+
+def probe_stall(dest: Server, fed: Server, got: int, expected: int) -> str:
+    """What each side does while delivery stands still: the destination's kernel wait
+    channel and stack, and the forwarding appliance's threads (``kill -USR1`` writes them to
+    its log, which is kept)."""
+    def proc(name: str) -> str:
+        try:
+            return Path(f"/proc/{dest.pid}/{name}").read_text().strip()
+        except OSError as exc:
+            return f"({exc.strerror})"
+
+    stack = " < ".join(line.split()[-1] for line in proc("stack").splitlines()[:5])
+    if isinstance(fed, Appliance):
+        os.kill(fed.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+    for server in {dest, fed}:
+        keep_log(server)
+    return (f"{fed.name}: no new instance at {dest.name} for {STALL_PROBE:.0f} s ({got} of"
+            f" {expected}); {dest.name} waits in {proc('wchan') or 'nothing (running)'}"
+            f" [{stack}]; {fed.name}'s threads at the end of its kept log")
 
 
 def run_forward_cell(lab: Lab, mode: str, data: DataSet, feeds: int, problems: list[str],
@@ -1544,7 +1572,7 @@ def run_forward_cell(lab: Lab, mode: str, data: DataSet, feeds: int, problems: l
         feed_seconds = send(fed, folders)
         at_feed_end = dest.count()
         verify(fed, data.files)
-        wait_delivered(dest, fed, data.files)
+        wait_delivered(dest, fed, data.files, problems)
         seconds = time.monotonic() - started
         cell = ForwardCell(mode, data.name, len(folders), data.files, data.bytes, feed_seconds,
                            seconds, at_feed_end, cpu_seconds(fed.pid) - cpu0, load_average())
