@@ -63,6 +63,16 @@ def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> 
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def temp_files(data: Path) -> list[Path]:
+    """What a data directory's ``tmp/`` holds, but the storage health check's own file, which
+    lives there for the time of one fsync at every run of the checks."""
+    from appliance.health.probes import STORAGE_PROBE
+
+    tmp = data / "tmp"
+    return sorted(p for p in tmp.iterdir()
+                  if not p.name.startswith(STORAGE_PROBE)) if tmp.exists() else []
+
+
 def port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):

@@ -40,6 +40,7 @@ from .conftest import (
     dcmtk,
     make_series,
     storescu,
+    temp_files,
     wait_for,
 )
 
@@ -88,10 +89,6 @@ def files(app: ApplianceProcess) -> set[Path]:
     return {p for p in (app.data / "files").rglob("*") if p.is_file()}
 
 
-def temp_files(app: ApplianceProcess) -> list[Path]:
-    return sorted((app.data / "tmp").iterdir())
-
-
 class Snapshot:
     """The store's state before a bad send; ``unchanged`` asserts nothing was left behind."""
 
@@ -101,7 +98,7 @@ class Snapshot:
         self.files = files(app)
 
     def unchanged(self) -> None:
-        wait_for(lambda: not temp_files(self.app), 30, "an empty tmp/")
+        wait_for(lambda: not temp_files(self.app.data), 30, "an empty tmp/")
         assert files(self.app) == self.files
         assert self.app.statistics() == self.stats
 
@@ -111,7 +108,7 @@ def good_send_works(app: ApplianceProcess, folder: Path) -> None:
     good = make_series(folder, 1, size=32)
     assert c_store(app, good[0]) == 0x0000
     assert app.statistics()["CountInstances"] == count + 1
-    assert not temp_files(app)
+    assert not temp_files(app.data)
 
 
 def meta_bytes(ds: Dataset) -> bytes:
@@ -287,7 +284,7 @@ def test_transfer_interrupted(appliance_factory: Any, tmp_path: Path, how: str,
     sender.start()
     try:
         wait_for(paused.is_set, 60, "2 MB sent")
-        wait_for(lambda: any(p.stat().st_size > 2**20 for p in temp_files(app)), 30,
+        wait_for(lambda: any(p.stat().st_size > 2**20 for p in temp_files(app.data)), 30,
                  "the appliance to spool the partial dataset")
         if how == "a-abort":
             pdu = A_ABORT_RQ()
@@ -306,7 +303,7 @@ def test_transfer_interrupted(appliance_factory: Any, tmp_path: Path, how: str,
         sender.join(60)
         assoc.kill()
     assert not sender.is_alive()
-    assert not temp_files(app)
+    assert not temp_files(app.data)
     assert "partial dataset discarded" in app.log()
     dcmtk("echoscu", "-aec", app.aet, "127.0.0.1", str(app.dicom_port))
     good_send_works(app, tmp_path / "good")
@@ -378,7 +375,7 @@ def test_garbage_in_parallel_with_a_good_series(app: ApplianceProcess, tmp_path:
     assert answered and all(is_failure(s) for s in answered), statuses
     assert app.statistics()["CountInstances"] == before + len(series)
     assert len(files(app)) == before + len(series)
-    wait_for(lambda: not temp_files(app), 30, "an empty tmp/")
+    wait_for(lambda: not temp_files(app.data), 30, "an empty tmp/")
     stored = {i["MainDicomTags"]["SOPInstanceUID"] for i in app.json("/instances?expand")}
     assert stored == {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in series}
 

@@ -39,6 +39,7 @@ from .conftest import (
     dcmtk,
     make_series,
     storescu,
+    temp_files,
     wait_for,
 )
 
@@ -78,11 +79,6 @@ def assert_fsck_clean(app: ApplianceProcess, *args: str) -> None:
 
 def blobs(data: Path) -> list[Path]:
     return sorted(p for p in (data / "files").rglob("*") if p.is_file())
-
-
-def temp_files(data: Path) -> list[Path]:
-    tmp = data / "tmp"
-    return sorted(tmp.iterdir()) if tmp.exists() else []
 
 
 def sop_uid(path: Path) -> str:

@@ -48,7 +48,7 @@ from appliance.dicom import fastfind, faststore
 from appliance.dicom.faststore import PduBody, StoreRequest
 from appliance.dicom.pdu import Malformed, command_pdus, parse_command, split_pdvs
 
-from .conftest import ApplianceProcess, make_series, storescu, wait_for
+from .conftest import ApplianceProcess, make_series, storescu, temp_files, wait_for
 
 SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.12345678901234567890123"  # odd length: padded
@@ -239,11 +239,6 @@ def stored_file(app: ApplianceProcess, sop_instance: str) -> bytes:
     raise AssertionError(f"{sop_instance} not stored")
 
 
-def temp_files(app: ApplianceProcess) -> list[Path]:
-    tmp = app.data / "tmp"
-    return sorted(tmp.iterdir()) if tmp.exists() else []
-
-
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "pynetdicom"])
 def test_multi_pdu_dataset_arrives_intact(appliance_factory: Any, tmp_path: Path,
                                           fast: bool) -> None:
@@ -256,7 +251,7 @@ def test_multi_pdu_dataset_arrives_intact(appliance_factory: Any, tmp_path: Path
         sent = path.read_bytes()
         stored = stored_file(app, str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
         assert dataset_bytes(stored) == dataset_bytes(sent)
-    assert not temp_files(app)
+    assert not temp_files(app.data)
 
 
 def associate(app: ApplianceProcess) -> Association:
@@ -368,7 +363,7 @@ def test_several_messages_in_one_pdu(appliance: ApplianceProcess, tmp_path: Path
     for path in files:
         stored = stored_file(appliance, str(dcmread(path).SOPInstanceUID))
         assert dataset_bytes(stored) == dataset_bytes(path.read_bytes())
-    assert not temp_files(appliance)
+    assert not temp_files(appliance.data)
 
 
 def test_malformed_pdv_mid_dataset_aborts_and_cleans_up(appliance: ApplianceProcess,
@@ -392,9 +387,9 @@ def test_malformed_pdv_mid_dataset_aborts_and_cleans_up(appliance: ApplianceProc
     assert not assoc.is_established
     assoc.kill()
     deadline = time.monotonic() + 10
-    while temp_files(appliance) and time.monotonic() < deadline:
+    while temp_files(appliance.data) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not temp_files(appliance)
+    assert not temp_files(appliance.data)
     assert "partial dataset discarded" in appliance.log()
     assert appliance.statistics()["CountInstances"] == 0
     ok = storescu(appliance, files[1], options=("-v",))

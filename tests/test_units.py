@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ConfigError, load
-from appliance.index import rawscan
+from appliance.index import rawscan, totals
 from appliance.index.db import Unflushed, Writer, open_database
+from appliance.index.delete import delete_instances
 from appliance.index.ids import orthanc_hash, public_ids
-from appliance.index.models import Unsynced
+from appliance.index.ingest import FileInfo, Origin, forget_parents, record_instance
+from appliance.index.models import Instance, Patient, Series, Study, Unsynced
 from appliance.index.tags import HEAD, WANTED_TAGS, BadInstance, read_instance_tags
 from appliance.storage.flush import SyncfsFlush, flush_for, journaled_ext4
 
@@ -301,6 +303,48 @@ def test_writer_flushes_the_commits_that_must_be_durable(tmp_path: Path) -> None
     finally:
         writer.stop()
         db.close()
+
+
+def test_running_totals_follow_every_change_to_the_index(tmp_path: Path) -> None:
+    """New instances, an overwrite with another size, a deleted instance, a whole patient gone
+    through the cascade, and an index that already held rows when it was migrated: the totals
+    row always says what counting the tables says."""
+    db = open_database(tmp_path / "index.sqlite")
+
+    def counted() -> tuple[int, int, int, int, int]:
+        size = sum(size for (size,) in Instance.select(Instance.size).tuples())
+        return (Instance.select().count(), size, Series.select().count(),
+                Study.select().count(), Patient.select().count())
+
+    def kept() -> tuple[int, int, int, int, int]:
+        now = totals.current()
+        return now.instances, now.size, now.series, now.studies, now.patients
+
+    def store(path: Path, size: int, overwrite: bool = False) -> None:
+        with db.atomic():
+            record_instance(read_instance_tags(path), FileInfo(path.name, size, "0"), Origin(),
+                            overwrite)
+
+    a = make_series(tmp_path / "a", 3, patient_id="PA", size=8)
+    b = make_series(tmp_path / "b", 2, patient_id="PB", size=8)
+    for k, path in enumerate(a + b):
+        store(path, 1000 + k)
+    assert kept() == counted() == (5, 5010, 2, 2, 2)
+    store(a[0], 5000, overwrite=True)
+    assert kept() == counted() == (5, 9010, 2, 2, 2)
+    with db.atomic():
+        delete_instances([Instance.get(Instance.size == 1001).id], "test")
+    assert kept() == counted() == (4, 8009, 2, 2, 2)
+    with db.atomic():
+        Patient.delete().where(Patient.patient_id == "PB").execute()  # cascades
+    forget_parents()
+    assert kept() == counted() == (2, 6002, 1, 1, 1)
+    db.execute_sql("PRAGMA user_version = 6")  # as an index made before the totals
+    db.execute_sql("DELETE FROM totals")
+    db.close()
+    db = open_database(tmp_path / "index.sqlite")
+    assert kept() == counted() == (2, 6002, 1, 1, 1)
+    db.close()
 
 
 def test_serve_keeps_numpy_out_and_the_rest_importable_afterwards() -> None:

@@ -100,10 +100,13 @@ def index_write(store: Store, timeout: float) -> Check:
     return Check("index_write", "ok", _ms(started))
 
 
+STORAGE_PROBE = "health-"  # the name's prefix of ``storage_write``'s file
+
+
 def storage_write(folder: Path) -> Check:
     """Write, fsync and remove a small file where received instances are spooled."""
     started = time.perf_counter()
-    fd, name = tempfile.mkstemp(prefix="health-", dir=folder)
+    fd, name = tempfile.mkstemp(prefix=STORAGE_PROBE, dir=folder)
     try:
         os.write(fd, b"\0" * 4096)
         os.fsync(fd)

@@ -22,6 +22,7 @@ from peewee import SqliteDatabase
 from playhouse.migrate import SqliteMigrator
 from playhouse.migrate import migrate as migrate_ops
 
+from . import totals
 from .models import MODELS, database
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ PRAGMAS = {
     "wal_autocheckpoint": 4000,
 }
 
-# 2: routing, quota; 3: heartbeat; 4: audit log; 5: reception per AE index; 6: unsynced files
-SCHEMA_VERSION = 6
+# 2: routing, quota; 3: heartbeat; 4: audit log; 5: reception per AE index; 6: unsynced files;
+# 7: running totals
+SCHEMA_VERSION = 7
 
 
 def open_database(path: Path) -> SqliteDatabase:
@@ -62,6 +64,8 @@ def migrate(db: SqliteDatabase) -> None:
         with db.atomic():
             db.create_tables(MODELS)  # safe=True: only the tables a version added are new
             add_missing_columns(db)
+            if version < 7:
+                totals.install(db)
             db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
         log.info("index schema %d -> %d", version, SCHEMA_VERSION)
 

@@ -172,6 +172,17 @@ class Unsynced(BaseModel):
         without_rowid = True  # one b-tree: one page more per commit, not two
 
 
+class Totals(BaseModel):
+    """The store's counts and size in one row, kept by triggers (``index.totals``)."""
+
+    id = BigIntegerField(primary_key=True)
+    instances = BigIntegerField(default=0)
+    size = BigIntegerField(default=0)
+    series = BigIntegerField(default=0)
+    studies = BigIntegerField(default=0)
+    patients = BigIntegerField(default=0)
+
+
 class Heartbeat(BaseModel):
     """The health check's proof that the index takes writes: one row per writer of beats."""
 
@@ -198,4 +209,4 @@ def tuples(query: Any) -> list[tuple[Any, ...]]:
 
 
 MODELS: list[type[BaseModel]] = [Patient, Study, Series, Instance, Change, Outbound, Export, Trash,
-                                 Unsynced, Heartbeat, Audit]
+                                 Unsynced, Totals, Heartbeat, Audit]

@@ -6,8 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from peewee import fn
-
+from . import totals as running_totals
 from .models import Instance, Outbound, Patient, Series, Study, tuples
 
 
@@ -19,11 +18,8 @@ class Totals:
 
 
 def totals() -> Totals:
-    return Totals(
-        int(Instance.select(fn.COALESCE(fn.SUM(Instance.size), 0)).scalar()),
-        int(Patient.select().count()),
-        int(Study.select().count()),
-    )
+    now = running_totals.current()
+    return Totals(now.size, now.patients, now.studies)
 
 
 def _pinned(model: Any, now: float) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 
 from peewee import JOIN, fn
 
+from . import totals
 from .models import Change, Instance, Patient, Series, Study, tuples
 from .search import InstanceRef
 
@@ -125,12 +126,13 @@ def _index_in_series(row: Any) -> int | None:
 
 
 def statistics() -> dict[str, Any]:
-    size = Instance.select(fn.COALESCE(fn.SUM(Instance.size), 0)).scalar()
+    now = totals.current()
+    size = now.size
     return {
-        "CountPatients": Patient.select().count(),
-        "CountStudies": Study.select().count(),
-        "CountSeries": Series.select().count(),
-        "CountInstances": Instance.select().count(),
+        "CountPatients": now.patients,
+        "CountStudies": now.studies,
+        "CountSeries": now.series,
+        "CountInstances": now.instances,
         "TotalDiskSize": str(size),
         "TotalDiskSizeMB": size // (1024 * 1024),
         "TotalUncompressedSize": str(size),
